@@ -1,0 +1,97 @@
+"""Every error a user can meet, rooted at one class.
+
+Each error carries a message that says what went wrong and a ``hint`` that says what to do next.
+The CLI renders them as one red line plus the hint; the gateway maps them to an OpenAI envelope.
+
+    LlmdockError
+    ├── InvalidSpec            a flag, name or value the user gave is wrong
+    ├── ConfigError            the config file or an LLMDOCK_* variable is wrong
+    ├── NotFound               no deployment / model / image of that name
+    │   └── ImageMissing       the engine image is not on this host
+    ├── Conflict               the request collides with what exists
+    │   ├── PortTaken          an explicit port is already listened on or held
+    │   ├── GpuUnavailable     GPU index missing, or held by another deployment
+    │   └── SpecChanged        same name, different spec (use --replace)
+    ├── RuntimeUnavailable     Docker daemon unreachable, no NVIDIA runtime
+    ├── EngineFailed           the engine process exited before it became ready
+    └── ReadinessTimeout       the engine did not become ready before the deadline
+"""
+
+from __future__ import annotations
+
+
+class LlmdockError(Exception):
+    """Base class: ``message`` says what happened, ``hint`` what to do next."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidSpec(LlmdockError):
+    """A flag, name or value the user gave cannot be used."""
+
+
+class ConfigError(LlmdockError):
+    """The config file or an ``LLMDOCK_*`` variable holds something unusable."""
+
+
+class NotFound(LlmdockError):
+    """No deployment, model or image by that name."""
+
+
+class ImageMissing(NotFound):
+    def __init__(self, image: str) -> None:
+        super().__init__(
+            f"image {image!r} is not present on this Docker host",
+            f"fetch it with `docker pull {image}` (or `docker load -i FILE.tar` on an offline server), "
+            "or choose another with --image / `llmdock config set image.ENGINE IMAGE`",
+        )
+        self.image = image
+
+
+class Conflict(LlmdockError):
+    """The request collides with something that already exists."""
+
+
+class PortTaken(Conflict):
+    def __init__(self, port: int, holder: str) -> None:
+        super().__init__(
+            f"port {port} is already in use by {holder}",
+            "choose another with --port N, or let llmdock pick one with --port auto",
+        )
+        self.port = port
+
+
+class GpuUnavailable(Conflict):
+    """A GPU index does not exist, or another deployment holds it."""
+
+
+class SpecChanged(Conflict):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"deployment {name!r} already exists with a different spec",
+            f"add --replace to remove it and deploy the new spec, or pick another --name than {name!r}",
+        )
+
+
+class RuntimeUnavailable(LlmdockError):
+    """The container runtime (Docker daemon, NVIDIA runtime) cannot be used."""
+
+
+class EngineFailed(LlmdockError):
+    """The engine exited before it became ready; ``log_tail`` holds its last lines."""
+
+    def __init__(self, message: str, hint: str = "", log_tail: list[str] | None = None) -> None:
+        super().__init__(message, hint)
+        self.log_tail = log_tail or []
+
+
+class ReadinessTimeout(LlmdockError):
+    """The engine still runs but did not become ready before the deadline."""
