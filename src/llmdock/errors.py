@@ -95,3 +95,30 @@ class EngineFailed(LlmdockError):
 
 class ReadinessTimeout(LlmdockError):
     """The engine still runs but did not become ready before the deadline."""
+
+
+# -- model store (llmdock.models) ------------------------------------------------------------------------
+#   LlmdockError ├── HubError           a model hub is unreachable, refuses us, or breaks off a download
+#                ├── InsufficientSpace  the models dir has too little free space (need / free in bytes)
+#                └── IntegrityError     a file's bytes do not match the hub's checksum or the manifest
+
+
+class HubError(LlmdockError):
+    """A model hub (ModelScope, Hugging Face, a mirror) could not be used; the SDK's words are kept."""
+
+
+class InsufficientSpace(LlmdockError):
+    """Too little free space where the weights go; ``need`` and ``free`` are bytes."""
+
+    def __init__(self, message: str, hint: str = "", need: int = 0, free: int = 0) -> None:
+        super().__init__(message, hint)
+        self.need = need
+        self.free = free
+
+
+class IntegrityError(LlmdockError):
+    """Downloaded or stored bytes do not match the expected checksum; ``files`` names them."""
+
+    def __init__(self, message: str, hint: str = "", files: list[str] | None = None) -> None:
+        super().__init__(message, hint)
+        self.files = files or []
