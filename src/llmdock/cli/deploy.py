@@ -1,0 +1,200 @@
+"""``up``, ``ps``, ``logs``, ``stop``, ``start``, ``restart``, ``rm``, ``inspect``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from llmdock.lifecycle import Lifecycle, UpResult
+
+Name = Annotated[str, typer.Argument(help="Deployment name (see `llmdock ps`).")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the engine serves.")]
+Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for readiness.")]
+
+
+def lifecycle() -> Lifecycle:
+    from llmdock import settings
+    from llmdock.lifecycle import Lifecycle
+    from llmdock.runtimes.docker import DockerRuntime
+    from llmdock.state import Store
+
+    s = settings.load()
+    return Lifecycle(s, DockerRuntime.connect(s.docker_host), Store(s.db_path))
+
+
+@contextmanager
+def phase_status(enabled: bool, what: str) -> Iterator[Callable[[str], None] | None]:
+    """A live spinner that shows the engine's current phase; nothing when output is JSON."""
+    if not enabled:
+        yield None
+        return
+    from llmdock.cli.render import err
+
+    with err.status(f"{what}: starting") as status:
+        yield lambda phase: status.update(f"{what}: {phase}")
+
+
+def up(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Local weights directory (holding config.json).")],
+    name: Annotated[Optional[str], typer.Option(help="Deployment/container name (default: from MODEL).")] = None,
+    engine: Annotated[str, typer.Option(help="vllm | sglang | transformers.")] = "vllm",
+    image: Annotated[Optional[str], typer.Option(help="Engine image (default per engine, see `config list`).")] = None,
+    gpus: Annotated[
+        Optional[str], typer.Option(help="all | none | N (a count) | 0,1 (indices; one index: device=3).")
+    ] = None,
+    port: Annotated[str, typer.Option(help="Port the engine listens on, or auto.")] = "auto",
+    tensor_parallel_size: Annotated[
+        Optional[int], typer.Option("--tensor-parallel-size", "--tp", help="GPUs per model copy.")
+    ] = None,
+    gpu_memory_utilization: Annotated[
+        Optional[float],
+        typer.Option("--gpu-memory-utilization", "--gpu_memory_utilization", help="Share of each GPU's memory."),
+    ] = None,
+    max_model_len: Annotated[
+        Optional[int], typer.Option("--max-model-len", "--max_model_len", help="Context length in tokens.")
+    ] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="auto | bfloat16 | float16 | float32 ...")] = None,
+    limit_mm_per_prompt: Annotated[
+        Optional[str], typer.Option(help='Per-prompt media limits: image=5,video=5 or {"image":5}.')
+    ] = None,
+    served_model_name: Annotated[Optional[str], typer.Option(help="Model name clients send.")] = None,
+    env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="KEY=VALUE for the engine.")] = None,
+    network: Annotated[str, typer.Option(help="host (default, as the procedure) | bridge.")] = "host",
+    share_gpus: Annotated[bool, typer.Option(help="Allow GPUs another deployment holds.")] = False,
+    replace: Annotated[bool, typer.Option(help="Replace a deployment of this name with a different spec.")] = False,
+    wait: Wait = True,
+    timeout: Timeout = 3600.0,
+    dry_run: Annotated[bool, typer.Option(help="Show what would be created and run; create nothing.")] = False,
+    json_out: Json = False,
+) -> None:
+    """Deploy MODEL in a container and wait until it serves. Extra engine flags go after `--`.
+
+    Example: llmdock up /data/models/Qwen2.5-VL-72B-Instruct --port 8001 --dtype bfloat16
+    --limit-mm-per-prompt image=5,video=5 --tp 8 --gpu-memory-utilization 0.9 --max-model-len 73480
+    """
+    from llmdock.spec import DeploymentSpec
+
+    spec = DeploymentSpec.create(
+        model, name=name, engine=engine, image=image, gpus=gpus, port=port,
+        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len, dtype=dtype, limit_mm_per_prompt=limit_mm_per_prompt,
+        served_model_name=served_model_name, env=env, network=network, share_gpus=share_gpus,
+        extra_args=list(ctx.args),
+    )
+    lc = lifecycle()
+    with phase_status(wait and not json_out and not dry_run, spec.name) as on_phase:
+        result = lc.up(spec, replace=replace, wait=wait, timeout=timeout, dry_run=dry_run, on_phase=on_phase)
+    show_up(result, json_out)
+
+
+def show_up(result: UpResult, json_out: bool) -> None:
+    import shlex
+
+    from rich.markup import escape
+
+    from llmdock.cli.render import out, print_json
+    from llmdock.planning.container import docker_run_line
+
+    if json_out:
+        print_json(result.to_dict())
+        return
+    plan = result.plan
+    name = plan.spec.name
+    if result.action == "dry-run":
+        out.print(f"[bold]would deploy[/bold] {name}: {plan.spec.engine} on "
+                  f"{'GPUs ' + ','.join(map(str, plan.gpus)) if plan.gpus else 'CPU'}, port {plan.port}")
+        for problem in plan.problems:
+            out.print(f"[yellow]! {escape(problem)}[/yellow]")
+        out.print("[bold]engine command:[/bold]")
+        out.print(escape(shlex.join(plan.argv)))
+        out.print("[bold]equivalent docker command:[/bold]")
+        out.print(escape(docker_run_line(plan.container)))
+        return
+    verb = {"unchanged": "already running", "started": "started", "replaced": "replaced", "created": "deployed"}
+    ready = f", ready in {result.ready_after_s:.1f}s" if result.ready_after_s is not None else ""
+    out.print(f"[green]✓[/green] {name} {verb[result.action]}{ready}")
+    out.print(f"  endpoint  {result.url}   model {escape(plan.served_name)}")
+    out.print(f"  logs      llmdock logs -f {name}")
+    out.print(f"  stop      llmdock stop {name}   (remove: llmdock rm -f {name})")
+
+
+def ps(json_out: Json = False) -> None:
+    """List deployments (read from Docker, so it works even without the database)."""
+    from rich.table import Table
+
+    from llmdock.cli.render import out, print_json
+    from llmdock.runtimes.docker import DockerRuntime
+    from llmdock.settings import load
+
+    deps = DockerRuntime.connect(load().docker_host).list()
+    if json_out:
+        print_json([{k: v for k, v in vars(d).items() if k != "spec"} for d in deps])
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("NAME", "STATE", "ENGINE", "PORT", "GPUS", "MODEL"):
+        table.add_column(col)
+    for d in deps:
+        state = d.state + (f" ({d.exit_code})" if d.state == "exited" else "")
+        table.add_row(d.name, state, d.engine, str(d.port or "-"), ",".join(map(str, d.gpus)) or "-", d.model)
+    out.print(table if deps else "no deployments (start one with `llmdock up MODEL`)")
+
+
+def logs(
+    name: Name,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    tail: Annotated[Optional[int], typer.Option("--tail", "-n", help="Only the last N lines.")] = None,
+) -> None:
+    """Print the engine's log (what `tail -f nohup.out` showed)."""
+    import sys
+
+    for line in lifecycle().runtime.logs(name, tail=tail, follow=follow):
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def stop(name: Name, timeout: Annotated[float, typer.Option(help="Seconds before SIGKILL.")] = 30.0) -> None:
+    """Stop a deployment (SIGTERM, then SIGKILL after --timeout). `start` brings it back."""
+    lifecycle().stop(name, timeout=timeout)
+    typer.echo(f"stopped {name}")
+
+
+def start(name: Name, wait: Wait = True, timeout: Timeout = 3600.0) -> None:
+    """Start a stopped deployment and wait until it serves."""
+    with phase_status(wait, name) as on_phase:
+        took = lifecycle().start(name, wait=wait, timeout=timeout, on_phase=on_phase)
+    typer.echo(f"started {name}" + (f", ready in {took:.1f}s" if took is not None else ""))
+
+
+def restart(name: Name, wait: Wait = True, timeout: Timeout = 3600.0) -> None:
+    """Stop and start a deployment, then wait until it serves."""
+    with phase_status(wait, name) as on_phase:
+        took = lifecycle().restart(name, wait=wait, timeout=timeout, on_phase=on_phase)
+    typer.echo(f"restarted {name}" + (f", ready in {took:.1f}s" if took is not None else ""))
+
+
+def rm(
+    name: Name, force: Annotated[bool, typer.Option("--force", "-f", help="Remove even when running.")] = False
+) -> None:
+    """Remove a deployment's container and its record (the weights stay)."""
+    lifecycle().rm(name, force=force)
+    typer.echo(f"removed {name}")
+
+
+def inspect(name: Name) -> None:
+    """Everything known about a deployment, as JSON: state, spec, history."""
+    from llmdock.cli.render import print_json
+
+    print_json(lifecycle().inspect(name))
+
+
+def register(app: typer.Typer) -> None:
+    app.command(context_settings={"allow_extra_args": True, "allow_interspersed_args": True})(up)
+    for command in (ps, logs, stop, start, restart, rm, inspect):
+        app.command()(command)
+    app.command("ls", hidden=True)(ps)

@@ -1,0 +1,49 @@
+"""``llmdock``: the entry point. Errors are rendered here only: one red line, a hint, exit 1.
+
+``--debug`` (anywhere on the command line) shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from llmdock.cli import config as config_cmd
+from llmdock.cli import deploy
+
+app = typer.Typer(
+    name="llmdock",
+    help="Deploy open-weight LLMs on your own GPU servers: weights -> plan -> container -> ready endpoint.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+deploy.register(app)
+app.add_typer(config_cmd.app, name="config")
+
+
+def run() -> None:
+    debug = "--debug" in sys.argv[1:] or os.environ.get("LLMDOCK_DEBUG") == "1"
+    if "--debug" in sys.argv:
+        sys.argv.remove("--debug")
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # rendered here and nowhere else
+        from llmdock.errors import LlmdockError
+
+        if debug or not isinstance(e, LlmdockError):
+            raise
+        from llmdock.cli.render import print_error
+
+        print_error(e)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    run()

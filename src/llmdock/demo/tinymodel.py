@@ -1,0 +1,86 @@
+"""Build a tiny but real chat model offline: Qwen2 architecture, random weights, a trained BPE tokenizer.
+
+It loads with ``transformers`` and serves with ``transformers serve`` like any hub model, in a few
+hundred KB, with no network. The demo and the tests deploy it where a real model would need a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = [
+    "llmdock deploys open weight language models on your own GPU servers.",
+    "Hello! How can I help you today? I am a tiny model with random weights.",
+    "The quick brown fox jumps over the lazy dog. 0123456789",
+    "system user assistant: you are a helpful assistant.",
+]
+
+
+def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
+    """Write a tiny Qwen2 chat model into ``dest`` (created; must be empty or absent); return ``dest``.
+
+    Writing goes to ``dest.partial`` first and is renamed at the end, so a half-built model never
+    looks complete.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    staging = dest.with_name(dest.name + ".partial")
+    staging.mkdir(parents=True, exist_ok=True)
+
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(staging)
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        bos_token_id=None,
+        torch_dtype="float32",
+    )
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.max_new_tokens = 16
+    model.generation_config.do_sample = False
+    model.save_pretrained(staging, safe_serialization=True)
+    (staging / "llmdock-tiny.json").write_text(json.dumps({"built_by": "llmdock.demo.tinymodel", "seed": seed}))
+    staging.rename(dest)
+    return dest
+
+
+def ensure_tiny_model(dest: Path) -> Path:
+    """Return ``dest`` holding the tiny model, building it when absent (a leftover ``.partial`` is redone)."""
+    if (dest / "config.json").is_file() and (dest / "model.safetensors").is_file():
+        return dest
+    partial = dest.with_name(dest.name + ".partial")
+    if partial.exists():
+        import shutil
+
+        shutil.rmtree(partial)
+    return build_tiny_model(dest)

@@ -1,0 +1,126 @@
+"""What every engine module provides: its argv, health path, log phases and known failures.
+
+An engine module is the only place that knows an engine's flags. The planner hands it a
+:class:`Launch` with every value already decided; the engine renders argv and nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from llmdock.errors import InvalidSpec
+from llmdock.spec import DeploymentSpec
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Decided values an engine renders into its command line."""
+
+    spec: DeploymentSpec
+    model_path: str  # the weights as the engine sees them (inside the container)
+    port: int
+    tensor_parallel_size: int | None
+    version: str | None  # engine version found in the image, None when unknown
+
+
+@dataclass(frozen=True)
+class Phase:
+    pattern: re.Pattern[str]
+    label: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A known way to fail: a log pattern, what it means, and what to change."""
+
+    pattern: re.Pattern[str]
+    cause: str
+    fix: str
+
+
+def phases(*pairs: tuple[str, str]) -> tuple[Phase, ...]:
+    return tuple(Phase(re.compile(p, re.IGNORECASE), label) for p, label in pairs)
+
+
+def failures(*triples: tuple[str, str, str]) -> tuple[Failure, ...]:
+    return tuple(Failure(re.compile(p, re.IGNORECASE), cause, fix) for p, cause, fix in triples)
+
+
+# Failures any engine can meet; engine modules add their own in front of these.
+COMMON_FAILURES = failures(
+    (
+        r"CUDA out of memory|OutOfMemoryError|No available memory for the cache blocks|"
+        r"insufficient memory|KV cache is needed, which is larger than the available",
+        "the model does not fit in GPU memory at these settings",
+        "lower --max-model-len, raise --gpu-memory-utilization, add GPUs (--tp), or use a quantized model",
+    ),
+    (
+        r"address already in use|Errno 98",
+        "the port is already taken by another process",
+        "pick another --port (or --port auto); `ss -ltnp` shows who holds it",
+    ),
+    (
+        r"unrecognized arguments|no such option|error: argument|Got unexpected extra argument",
+        "the engine does not know one of the flags it was given",
+        "check the extra arguments after `--` against the engine version in the image (`--help`)",
+    ),
+    (
+        r"not supported for now|Model architectures? \[.*\] (are|is) not supported|"
+        r"does not recognize this architecture|Unrecognized model",
+        "the engine in this image does not support this model's architecture",
+        "use an image with a newer engine (--image), or check the model's config.json",
+    ),
+    (
+        r"Found no NVIDIA driver|NVIDIA driver on your system is too old|No CUDA GPUs are available|"
+        r"could not select device driver|libcuda\.so|Failed to infer device type",
+        "the engine sees no usable GPU",
+        "install nvidia-container-toolkit and restart Docker, check `nvidia-smi`, or pick GPUs with --gpus",
+    ),
+    (
+        r"No such file or directory: '/work|does not appear to have a file named config\.json|"
+        r"Repo id must be in the form|is not a local folder and is not a valid model identifier",
+        "the engine cannot find the model's files at the mounted path",
+        "check that MODEL is a directory holding config.json and the weights",
+    ),
+)
+
+
+class Engine:
+    """Base for engine modules. Subclasses set the class attributes and implement :meth:`argv`."""
+
+    name: str = ""
+    package: str = ""  # Python distribution whose version selects flag syntax
+    health_path: str = "/health"
+    uses_gpus: bool = True
+    phases: tuple[Phase, ...] = ()
+    failures: tuple[Failure, ...] = ()
+
+    def argv(self, launch: Launch) -> list[str]:
+        raise NotImplementedError
+
+    def served_name(self, launch: Launch) -> str:
+        """The model id the engine lists under /v1/models (its default is the model path)."""
+        return launch.spec.served_model_name or launch.model_path
+
+    def version_probe(self) -> list[str]:
+        """A command run once per image to learn the engine version (prints it on stdout)."""
+        code = f"import importlib.metadata as m; print(m.version({self.package!r}))"
+        return ["python3", "-c", code]
+
+    def known_failures(self) -> tuple[Failure, ...]:
+        return self.failures + COMMON_FAILURES
+
+    @staticmethod
+    def reject(flag: str, engine: str, fix: str) -> InvalidSpec:
+        return InvalidSpec(f"{flag} is not supported by the {engine} engine", fix)
+
+
+def parse_version(text: str | None) -> tuple[int, ...] | None:
+    """``0.8.5.post1`` -> (0, 8, 5); None or garbage -> None (callers then assume the newest)."""
+    if not text:
+        return None
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
+    if not m:
+        return None
+    return tuple(int(p) for p in m.groups("0"))

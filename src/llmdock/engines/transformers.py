@@ -1,0 +1,51 @@
+"""transformers: ``transformers serve PATH ...`` — a CPU-capable OpenAI-compatible server.
+
+It stands in for vLLM where there is no GPU (demo, tests). It lists the model under its path and
+has no tensor parallelism, context or memory flags, so those are refused rather than ignored.
+"""
+
+from __future__ import annotations
+
+from llmdock.engines.base import Engine, Launch, failures, phases
+
+
+class Transformers(Engine):
+    name = "transformers"
+    package = "transformers"
+    health_path = "/health"
+    uses_gpus = False
+    phases = phases(
+        (r"Loading weights|loading configuration file", "loading weights"),
+        (r"Waiting for application startup", "starting server"),
+        (r"Application startup complete|Uvicorn running", "serving"),
+    )
+    failures = failures(
+        (
+            r"Requires FastAPI and Uvicorn|No module named 'fastapi'|No module named 'uvicorn'",
+            "the image lacks the serving extras of transformers",
+            "use an image with `pip install transformers[serving]` (the default one `llmdock demo` builds)",
+        ),
+    )
+
+    def argv(self, launch: Launch) -> list[str]:
+        s = launch.spec
+        unsupported = {
+            "--served-model-name": s.served_model_name,
+            "--tensor-parallel-size": launch.tensor_parallel_size not in (None, 1) or None,
+            "--gpu-memory-utilization": s.gpu_memory_utilization,
+            "--max-model-len": s.max_model_len,
+            "--limit-mm-per-prompt": s.limit_mm_per_prompt,
+        }
+        for flag, value in unsupported.items():
+            if value:
+                raise self.reject(flag, "transformers", f"drop {flag}, or use --engine vllm on a GPU server")
+        host = "0.0.0.0" if s.network == "bridge" else "127.0.0.1"
+        device = "cpu" if s.gpus == "none" else "auto"
+        argv = ["transformers", "serve", launch.model_path, "--host", host, "--port", str(launch.port)]
+        argv += ["--device", device, "--log-level", "info"]
+        if s.dtype:
+            argv += ["--dtype", s.dtype]
+        return argv + s.extra_args
+
+    def served_name(self, launch: Launch) -> str:
+        return launch.model_path

@@ -1,0 +1,272 @@
+"""Orchestration: spec -> weights -> inventory -> plan -> container -> ready -> recorded.
+
+Every check that can refuse a deployment runs before anything is created, so bad input changes
+nothing. Docker is the truth for what runs; the store keeps desired specs and history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmdock import hostinfo
+from llmdock.engines import get_engine
+from llmdock.errors import EngineFailed, GpuUnavailable, InvalidSpec, LlmdockError, NotFound, SpecChanged
+from llmdock.planning.inventory import Gpu, Holding, Inventory
+from llmdock.planning.plan import Plan, make_plan
+from llmdock.runtimes.base import Deployment, Runtime
+from llmdock.settings import Settings
+from llmdock.spec import DeploymentSpec
+from llmdock.state import Store
+
+DEFAULT_TIMEOUT_S = 3600.0  # a 72B model on slow disks can take many minutes
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass
+class UpResult:
+    plan: Plan
+    action: str  # created | replaced | started | unchanged | dry-run
+    deployment: Deployment | None = None
+    ready_after_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.plan.port}/v1"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "url": self.url,
+            "ready_after_s": self.ready_after_s,
+            "docker_run": _docker_line(self.plan),
+            **self.plan.to_dict(),
+        }
+
+
+def _docker_line(plan: Plan) -> str:
+    from llmdock.planning.container import docker_run_line
+
+    return docker_run_line(plan.container)
+
+
+def resolve_model_dir(model: str) -> Path:
+    """A local weights directory, checked: it must exist and hold a config.json."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise NotFound(
+            f"model {model!r} is neither a local directory nor a known model",
+            "give the directory that holds config.json and the weights (e.g. /data/models/Qwen2.5-7B-Instruct)",
+        )
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise InvalidSpec(f"{model!r} has no config.json", "point MODEL at the directory that holds config.json")
+    return path.resolve()
+
+
+def detect_gpus() -> tuple[Gpu, ...]:
+    """GPUs through NVML; none when NVML (nvidia-ml-py or the driver) is absent."""
+    try:
+        from llmdock import gpuinfo
+
+        return tuple(gpuinfo.detect())
+    except (ImportError, AttributeError):
+        return ()
+
+
+class Lifecycle:
+    def __init__(self, settings: Settings, runtime: Runtime, store: Store) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.store = store
+
+    # ---- inventory -------------------------------------------------------------------------------
+    def inventory(self, *, exclude_port: int | None = None) -> Inventory:
+        deployments = self.runtime.list()
+        holdings = tuple(
+            Holding(d.name, d.port, d.gpus if d.state in ("running", "restarting", "created") else ())
+            for d in deployments
+        )
+        listening = hostinfo.listening_ports() - ({exclude_port} if exclude_port else set())
+        return Inventory(
+            gpus=detect_gpus(),
+            listening_ports=frozenset(listening),
+            ephemeral_ports=hostinfo.ephemeral_range(),
+            holdings=holdings,
+            gpu_runtime=self.runtime.has_gpu_runtime(),
+        )
+
+    def engine_version(self, image: str, engine_name: str) -> tuple[str | None, bool]:
+        """(version or None, image present). Probed once per image ID, then cached in the store."""
+        image_id = self.runtime.image_id(image)
+        if image_id is None:
+            return None, False
+        cached = self.store.engine_version(image_id, engine_name)
+        if cached is not None:
+            return cached, True
+        try:
+            version = self.runtime.run_probe(image, get_engine(engine_name).version_probe()).splitlines()[-1]
+        except (LlmdockError, IndexError):
+            return None, True  # unknown: render the newest syntax
+        self.store.save_engine_version(image_id, engine_name, version)
+        return version, True
+
+    def plan(self, spec: DeploymentSpec, *, strict: bool = True, exclude_port: int | None = None) -> Plan:
+        model_dir = resolve_model_dir(spec.model) if strict or Path(spec.model).exists() else Path(spec.model)
+        image = spec.image or self.settings.image(spec.engine)
+        version, present = self.engine_version(image, spec.engine)
+        return make_plan(
+            spec,
+            self.inventory(exclude_port=exclude_port),
+            model_dir=str(model_dir),
+            image=image,
+            port_range=self.settings.port_range,
+            engine_version=version,
+            image_present=present,
+            strict=strict,
+        )
+
+    # ---- up ----------------------------------------------------------------------------------------
+    def up(
+        self,
+        spec: DeploymentSpec,
+        *,
+        replace: bool = False,
+        wait: bool = True,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        dry_run: bool = False,
+        on_phase: Callable[[str], None] | None = None,
+    ) -> UpResult:
+        if dry_run:
+            return UpResult(self.plan(spec, strict=False), "dry-run")
+        existing = self.runtime.get(spec.name)
+        exclude = existing.port if existing is not None and replace else None
+        if existing is not None and not replace:
+            image = spec.image or self.settings.image(spec.engine)
+            if existing.spec_hash != spec.with_image(image).hash():
+                raise SpecChanged(spec.name)
+            self._adopt(existing)
+            action = "unchanged"
+            if not existing.running:
+                self._check_gpus_free(existing)
+                self.runtime.start(spec.name)
+                self.store.record(spec.name, "started")
+                action = "started"
+            plan = self.plan(spec, strict=False, exclude_port=existing.port)
+            return self._finish(UpResult(plan, action, existing), wait, timeout, on_phase)
+        plan = self.plan(spec, exclude_port=exclude)
+        action = "created"
+        if existing is not None:
+            self.runtime.remove(spec.name, force=True)
+            self.store.record(spec.name, "replaced", existing.spec_hash)
+            action = "replaced"
+        self.store.save_deployment(spec.name, plan.spec.to_dict(), plan.spec_hash)
+        dep = self.runtime.create(plan.container)
+        self.store.record(spec.name, "created", plan.spec_hash)
+        return self._finish(UpResult(plan, action, dep), wait, timeout, on_phase)
+
+    def _finish(
+        self, result: UpResult, wait: bool, timeout: float, on_phase: Callable[[str], None] | None
+    ) -> UpResult:
+        if not wait:
+            return result
+        from llmdock.readiness import wait_ready
+
+        name = result.plan.spec.name
+        try:
+            result.ready_after_s = wait_ready(
+                self.runtime, name, get_engine(result.plan.spec.engine), timeout=timeout, on_phase=on_phase
+            )
+        except EngineFailed as e:
+            # Stop the restart policy from looping on a deterministic failure; keep the logs for the user.
+            self.runtime.stop(name, timeout=5)
+            self.store.record(name, "failed", e.message)
+            raise
+        self.store.record(name, "ready", f"{result.ready_after_s:.2f}s")
+        result.deployment = self.runtime.get(name)
+        return result
+
+    def _adopt(self, dep: Deployment) -> None:
+        """Record a container found in Docker but missing from the store (e.g. after a lost database)."""
+        if self.store.deployment(dep.name) is None and dep.spec:
+            self.store.save_deployment(dep.name, dep.spec, dep.spec_hash)
+            self.store.record(dep.name, "adopted")
+
+    def _check_gpus_free(self, dep: Deployment) -> None:
+        if dep.spec.get("share_gpus"):
+            return
+        for other in self.runtime.list():
+            clash = set(other.gpus) & set(dep.gpus)
+            if other.name != dep.name and other.running and clash:
+                raise GpuUnavailable(
+                    f"GPU {', '.join(map(str, sorted(clash)))} of {dep.name!r} is now held by {other.name!r}",
+                    f"stop {other.name!r} first, or redeploy with --share-gpus",
+                )
+
+    # ---- the other verbs -------------------------------------------------------------------------------
+    def ps(self) -> list[Deployment]:
+        return self.runtime.list()
+
+    def get(self, name: str) -> Deployment:
+        dep = self.runtime.get(name)
+        if dep is None:
+            raise NotFound(f"no deployment named {name!r}", "list deployments with `llmdock ps`")
+        return dep
+
+    def stop(self, name: str, timeout: float = STOP_TIMEOUT_S) -> None:
+        self.get(name)
+        self.runtime.stop(name, timeout=timeout)
+        self.store.record(name, "stopped")
+
+    def start(
+        self, name: str, *, wait: bool = True, timeout: float = DEFAULT_TIMEOUT_S,
+        on_phase: Callable[[str], None] | None = None,
+    ) -> float | None:
+        dep = self.get(name)
+        self._adopt(dep)
+        if not dep.running:
+            self._check_gpus_free(dep)
+            self.runtime.start(name)
+            self.store.record(name, "started")
+        return self._wait(dep, wait, timeout, on_phase)
+
+    def restart(
+        self, name: str, *, wait: bool = True, timeout: float = DEFAULT_TIMEOUT_S,
+        on_phase: Callable[[str], None] | None = None,
+    ) -> float | None:
+        dep = self.get(name)
+        self.runtime.stop(name, timeout=STOP_TIMEOUT_S)
+        self.runtime.start(name)
+        self.store.record(name, "restarted")
+        return self._wait(dep, wait, timeout, on_phase)
+
+    def _wait(
+        self, dep: Deployment, wait: bool, timeout: float, on_phase: Callable[[str], None] | None
+    ) -> float | None:
+        if not wait:
+            return None
+        from llmdock.readiness import wait_ready
+
+        return wait_ready(self.runtime, dep.name, get_engine(dep.engine), timeout=timeout, on_phase=on_phase)
+
+    def rm(self, name: str, *, force: bool = False) -> None:
+        dep = self.get(name)
+        if dep.running and not force:
+            raise LlmdockError(
+                f"{name!r} is running", f"stop it first (`llmdock stop {name}`) or remove it anyway with `rm -f`"
+            )
+        self.runtime.remove(name, force=True)
+        self.store.delete_deployment(name)
+        self.store.record(name, "removed")
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        dep = self.get(name)
+        stored = self.store.deployment(name)
+        return {
+            "deployment": {k: v for k, v in vars(dep).items() if k != "spec"},
+            "spec": dep.spec or (stored or {}).get("spec", {}),
+            "in_store": stored is not None,
+            "events": [{"at": at, "kind": kind, "detail": detail} for at, kind, detail in self.store.events(name)],
+        }

@@ -1,0 +1,179 @@
+"""Fetch one file into a staging directory: resumable, hashed while written, verified before it counts.
+
+Bytes go to ``NAME.part``; a dropped connection resumes from the bytes already on disk (a Range request;
+when the server ignores it, the part restarts from zero). sha256 is computed as the bytes arrive, so a
+multi-gigabyte shard is read once, not written and then read again. Only a file whose digest matches
+the hub's is renamed to ``NAME`` — a corrupt one is deleted and fetched once more, then refused.
+
+Progress events (dicts) go to a callback from the worker thread that fetches the file::
+
+    {"event": "file_start", "path": P, "size": N, "offset": O}
+    {"event": "progress", "path": P, "done": D, "size": N, "delta": d}   # d < 0 when a part restarts
+    {"event": "retry", "path": P, "offset": O, "error": "…"}
+    {"event": "file_done", "path": P, "size": N, "sha256": H}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llmdock.errors import HubError, IntegrityError
+from llmdock.models.hubs import Hub, RemoteFile
+from llmdock.models.manifest import FileRecord
+from llmdock.models.names import PART_SUFFIX
+
+Progress = Callable[[dict[str, Any]], None]
+ATTEMPTS = 5
+READ_BLOCK = 8 << 20
+
+
+def _quiet(event: dict[str, Any]) -> None:
+    pass
+
+
+class Hashers:
+    """sha256 always; a git blob sha1 too when that is all the hub gives (Hugging Face small files)."""
+
+    def __init__(self, remote: RemoteFile) -> None:
+        self.remote = remote
+        self.reset()
+
+    def reset(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.sha1: Any = None
+        if self.remote.sha256 is None and self.remote.git_sha1 is not None:
+            self.sha1 = hashlib.sha1(b"blob %d\0" % self.remote.size, usedforsecurity=False)
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.sha256.update(data)
+        if self.sha1 is not None:
+            self.sha1.update(data)
+
+    def check(self) -> tuple[str, str]:
+        """(sha256 hex, what was checked); raises IntegrityError on a mismatch."""
+        digest = self.sha256.hexdigest()
+        r = self.remote
+        if r.sha256 is not None:
+            ok, checked = digest == r.sha256.lower(), "sha256"
+        elif self.sha1 is not None and r.git_sha1 is not None:
+            ok, checked = self.sha1.hexdigest() == r.git_sha1.lower(), "git-sha1"
+        else:
+            ok, checked = True, "size"
+        if not ok:
+            raise IntegrityError(
+                f"{r.path}: checksum does not match the hub's ({checked})",
+                "the download was corrupted in transit or on disk; run the pull again",
+                files=[r.path],
+            )
+        return digest, checked
+
+
+def hash_file(path: Path, hashers: Hashers | None = None, limit: int | None = None) -> str:
+    """sha256 of a file (or of its first ``limit`` bytes), fed into ``hashers`` when given."""
+    h = hashers or Hashers(RemoteFile(path.name, 0))
+    left = limit
+    with path.open("rb", buffering=0) as f:
+        buf = bytearray(READ_BLOCK)
+        view = memoryview(buf)
+        while left is None or left > 0:
+            n = f.readinto(buf)
+            if not n:
+                break
+            if left is not None:
+                n = min(n, left)
+                left -= n
+            h.update(view[:n])
+    return h.sha256.hexdigest()
+
+
+def fetch_file(
+    hub: Hub,
+    repo_id: str,
+    commit: str,
+    remote: RemoteFile,
+    staging: Path,
+    progress: Progress = _quiet,
+    attempts: int = ATTEMPTS,
+) -> FileRecord:
+    """Fetch ``remote`` into ``staging/remote.path`` (resuming ``.part``) and return its verified record."""
+    final = staging / remote.path
+    part = final.with_name(final.name + PART_SUFFIX)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, attempts + 1):
+        hashers = Hashers(remote)
+        done = part.stat().st_size if part.exists() else 0
+        if done > remote.size:
+            part.unlink()
+            done = 0
+        if done:
+            hash_file(part, hashers, limit=done)
+        progress({"event": "file_start", "path": remote.path, "size": remote.size, "offset": done})
+        try:
+            if done < remote.size:
+                done = _stream(hub, repo_id, commit, remote, part, done, hashers, progress)
+            else:
+                part.touch()
+            if done != remote.size:
+                raise HubError(f"{remote.path}: the hub sent {done} of {remote.size} bytes")
+            digest, checked = hashers.check()
+        except HubError as e:
+            if attempt == attempts:
+                raise HubError(
+                    f"{remote.path}: download kept failing after {attempts} attempts: {e.message}",
+                    "check the network or the hub endpoint, then run the same pull again: it resumes",
+                ) from e
+            progress({"event": "retry", "path": remote.path, "offset": done, "error": e.message})
+            time.sleep(min(0.2 * 2**attempt, 5.0))
+            continue
+        except IntegrityError:
+            part.unlink(missing_ok=True)
+            progress({"event": "progress", "path": remote.path, "done": 0, "size": remote.size, "delta": -done})
+            if attempt >= 2:
+                raise
+            progress({"event": "retry", "path": remote.path, "offset": 0, "error": "checksum mismatch"})
+            continue
+        part.replace(final)
+        progress({"event": "file_done", "path": remote.path, "size": remote.size, "sha256": digest})
+        return FileRecord(remote.path, remote.size, digest, checked)
+    raise AssertionError("unreachable")
+
+
+def _stream(
+    hub: Hub,
+    repo_id: str,
+    commit: str,
+    remote: RemoteFile,
+    part: Path,
+    done: int,
+    hashers: Hashers,
+    progress: Progress,
+) -> int:
+    with hub.open_file(repo_id, commit, remote.path, done) as body:
+        if body.start != done:  # the server ignored the Range: start over
+            progress({"event": "progress", "path": remote.path, "done": 0, "size": remote.size, "delta": -done})
+            hashers.reset()
+            done = body.start
+        with part.open("r+b" if part.exists() else "wb", buffering=0) as f:
+            f.seek(done)
+            f.truncate()
+            for chunk in body.chunks:
+                f.write(chunk)
+                hashers.update(chunk)
+                done += len(chunk)
+                if done > remote.size:
+                    raise IntegrityError(
+                        f"{remote.path}: the hub sent more than the {remote.size} bytes it listed",
+                        "the hub's listing and its file disagree; try again later or another --source",
+                        files=[remote.path],
+                    )
+                progress(
+                    {"event": "progress", "path": remote.path, "done": done, "size": remote.size, "delta": len(chunk)}
+                )
+            if done == remote.size:
+                os.fsync(f.fileno())  # the manifest will vouch for these bytes; make sure they are on disk
+    return done

@@ -1,0 +1,76 @@
+"""ModelScope through the ``modelscope`` SDK: its HubApi lists files (size, sha256), its legacy client
+streams a file with a Range header. The endpoint is ``MODELSCOPE_ENDPOINT`` (a mirror, or the test hub),
+read when the adapter is made; the token is the ``token`` argument or ``MODELSCOPE_API_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from llmdock.errors import HubError, NotFound
+from llmdock.models.hubs import CHUNK, Body, Listing, RemoteFile
+
+
+def _translate(e: Exception, what: str) -> Exception:
+    name = type(e).__name__
+    status = getattr(e, "status_code", None) or getattr(getattr(e, "response", None), "status_code", None)
+    if name == "NotExistError" or status == 404:
+        return NotFound(
+            f"{what} not found on ModelScope ({e})",
+            "check the model ID and --revision on modelscope.cn, or try --source huggingface",
+        )
+    if name in ("AuthenticationError", "PermissionDeniedError") or status in (401, 403):
+        return HubError(
+            f"ModelScope refused access to {what} ({e})",
+            "pass --token or set MODELSCOPE_API_TOKEN to a token that can read this model",
+        )
+    return HubError(
+        f"ModelScope request for {what} failed: {e}",
+        "check the network, or set MODELSCOPE_ENDPOINT to a reachable mirror; a pull can be resumed",
+    )
+
+
+class ModelScopeHub:
+    source = "modelscope"
+
+    def __init__(self, token: str | None = None) -> None:
+        from modelscope.hub.api import HubApi
+
+        endpoint = os.environ.get("MODELSCOPE_ENDPOINT") or None
+        self._api: Any = HubApi(endpoint=endpoint, token=token or os.environ.get("MODELSCOPE_API_TOKEN"))
+
+    def list_files(self, repo_id: str, revision: str) -> Listing:
+        try:
+            entries = self._api.list_repo_files(repo_id, "model", revision=revision, recursive=True)
+        except Exception as e:
+            raise _translate(e, f"model {repo_id}@{revision}") from e
+        files = [
+            RemoteFile(path=e.path, size=int(e.size or 0), sha256=(e.sha256 or None))
+            for e in entries
+            if getattr(e, "type", "blob") != "tree" and e.path
+        ]
+        return Listing(commit=revision, files=files)  # ModelScope's listing names no commit for a branch
+
+    @contextlib.contextmanager
+    def open_file(self, repo_id: str, revision: str, path: str, offset: int) -> Iterator[Body]:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            resp = self._api.legacy.download_stream(repo_id, "model", path, revision, headers=headers)
+        except Exception as e:
+            raise _translate(e, f"{repo_id}/{path}") from e
+        try:
+            start = offset if resp.status_code == 206 else 0
+            yield Body(start=start, chunks=_chunks(resp, path))
+        finally:
+            resp.close()
+
+
+def _chunks(resp: Any, path: str) -> Iterator[bytes]:
+    # Only reads happen inside this generator (the caller writes), so any error here is the network's.
+    try:
+        yield from resp.raw.stream(CHUNK, decode_content=False)
+    except Exception as e:
+        raise HubError(f"connection broke while reading {path}: {e}") from e

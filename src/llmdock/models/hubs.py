@@ -1,0 +1,109 @@
+"""The one small Protocol every model hub sits behind, and an in-memory hub for unit tests.
+
+A hub does two things: list a repo's files (with sizes and checksums) at a revision, and open one file's
+bytes from an offset. Everything else (layout, resume, hashing, locking) is the store's. Adapters
+translate their SDK's exceptions into :class:`~llmdock.errors.NotFound` (no such repo or revision) and
+:class:`~llmdock.errors.HubError` (everything else), keeping the SDK's message.
+
+Example::
+
+    hub = open_hub("modelscope", token=None)
+    listing = hub.list_files("Qwen/Qwen2.5-7B-Instruct", "master")
+    with hub.open_file("Qwen/Qwen2.5-7B-Instruct", listing.commit, "config.json", offset=0) as body:
+        data = b"".join(body.chunks)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from llmdock.errors import HubError, NotFound
+
+CHUNK = 4 << 20  # bytes per read from the network: big reads keep Python's per-chunk overhead negligible
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file as the hub lists it. ``sha256`` or ``git_sha1`` (a git blob id) is what we verify against."""
+
+    path: str
+    size: int
+    sha256: str | None = None
+    git_sha1: str | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    commit: str  # what the revision resolved to (the revision itself where the hub does not say)
+    files: list[RemoteFile]
+
+
+@dataclass
+class Body:
+    """A response body: ``start`` is the offset it begins at (0 when the server ignored our Range)."""
+
+    start: int
+    chunks: Iterator[bytes]
+
+
+class Hub(Protocol):
+    source: str
+
+    def list_files(self, repo_id: str, revision: str) -> Listing: ...
+
+    def open_file(
+        self, repo_id: str, revision: str, path: str, offset: int
+    ) -> contextlib.AbstractContextManager[Body]: ...
+
+
+def open_hub(source: str, token: str | None = None) -> Hub:
+    """The real adapter for a source; imports its SDK only now (they are slow to import)."""
+    if source == "modelscope":
+        from llmdock.models.hub_modelscope import ModelScopeHub
+
+        return ModelScopeHub(token=token)
+    if source == "huggingface":
+        from llmdock.models.hub_huggingface import HuggingFaceHub
+
+        return HuggingFaceHub(token=token)
+    raise HubError(f"no hub adapter for source {source!r}", "use --source modelscope or --source huggingface")
+
+
+@dataclass
+class MemoryHub:
+    """A plain in-memory hub: ``repos[repo_id][path] = bytes``. ``fail_after`` breaks a read once."""
+
+    source: str = "memory"
+    repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    fail_after: dict[str, int] = field(default_factory=dict)
+    opened: list[tuple[str, int]] = field(default_factory=list)
+
+    def list_files(self, repo_id: str, revision: str) -> Listing:
+        import hashlib
+
+        repo = self._repo(repo_id)
+        files = [RemoteFile(p, len(d), hashlib.sha256(d).hexdigest()) for p, d in repo.items()]
+        return Listing(commit=revision, files=files)
+
+    @contextlib.contextmanager
+    def open_file(self, repo_id: str, revision: str, path: str, offset: int) -> Iterator[Body]:
+        data = self._repo(repo_id)[path]
+        self.opened.append((path, offset))
+        cut = self.fail_after.pop(path, None)
+
+        def chunks() -> Iterator[bytes]:
+            end = len(data) if cut is None else min(len(data), offset + cut)
+            for pos in range(offset, end, 7):
+                yield data[pos : min(end, pos + 7)]
+            if cut is not None:
+                raise HubError(f"connection dropped while reading {path}")
+
+        yield Body(start=offset, chunks=chunks())
+
+    def _repo(self, repo_id: str) -> Mapping[str, bytes]:
+        if repo_id not in self.repos:
+            raise NotFound(f"model {repo_id!r} not found on {self.source}", "check the model ID")
+        return self.repos[repo_id]

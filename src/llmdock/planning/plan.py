@@ -1,0 +1,133 @@
+"""``make_plan``: a validated spec + host inventory -> everything ``up`` will create. Pure.
+
+With ``strict=False`` (``--dry-run``) a problem that would refuse the deployment (a GPU that is not
+there, an image that is not pulled) is recorded in ``Plan.problems`` and a stand-in value is used, so
+the user still sees the full command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from llmdock.engines import Launch, get_engine
+from llmdock.errors import ImageMissing, InvalidSpec, LlmdockError, RuntimeUnavailable
+from llmdock.planning.container import ContainerConfig, Mount, labels_for
+from llmdock.planning.gpus import choose_gpus, parse_gpus
+from llmdock.planning.inventory import Inventory
+from llmdock.planning.ports import choose_port
+from llmdock.spec import DeploymentSpec
+
+MOUNT_ROOT = "/work"  # where the procedure mounted weights; kept so paths look familiar
+DEFAULT_ENV = {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "VLLM_NO_USAGE_STATS": "1"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: DeploymentSpec
+    gpus: tuple[int, ...]
+    port: int
+    tensor_parallel_size: int | None
+    argv: list[str]
+    served_name: str
+    health_path: str
+    container: ContainerConfig
+    spec_hash: str
+    problems: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "engine": self.spec.engine,
+            "model": self.spec.model,
+            "gpus": list(self.gpus),
+            "port": self.port,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "served_model_name": self.served_name,
+            "spec_hash": self.spec_hash,
+            "command": self.argv,
+            "container": self.container.to_dict(),
+            "problems": list(self.problems),
+        }
+
+
+def make_plan(
+    spec: DeploymentSpec,
+    inv: Inventory,
+    *,
+    model_dir: str,
+    image: str,
+    port_range: tuple[int, int],
+    engine_version: str | None = None,
+    image_present: bool = True,
+    strict: bool = True,
+) -> Plan:
+    """Decide GPUs, port, TP size, argv and container for ``spec``; raise the first problem if strict."""
+    engine = get_engine(spec.engine)
+    spec = spec.with_image(image)
+    problems: list[str] = []
+
+    def check(err: LlmdockError) -> None:
+        if strict:
+            raise err
+        problems.append(f"{err.message} ({err.hint})" if err.hint else err.message)
+
+    request = parse_gpus(spec.gpus)
+    if request.kind != "none" and not inv.gpu_runtime:
+        check(
+            RuntimeUnavailable(
+                "Docker on this host has no NVIDIA runtime, so containers cannot use GPUs",
+                "install nvidia-container-toolkit, run `sudo nvidia-ctk runtime configure --runtime=docker`, "
+                "restart Docker; or deploy on the CPU with --gpus none --engine transformers",
+            )
+        )
+    try:
+        gpus = choose_gpus(request, inv, owner=spec.name, share=spec.share_gpus)
+    except LlmdockError as e:
+        check(e)
+        gpus = request.indices or tuple(range(request.count or 1)) if request.kind != "none" else ()
+    if engine.uses_gpus and not gpus:
+        check(InvalidSpec(f"the {engine.name} engine needs at least one GPU", "use --gpus, or --engine transformers"))
+    tp = spec.tensor_parallel_size
+    if tp is None and engine.uses_gpus and len(gpus) > 1:
+        tp = len(gpus)
+    if tp is not None and gpus and tp > len(gpus):
+        check(
+            InvalidSpec(
+                f"--tensor-parallel-size {tp} needs {tp} GPUs but {len(gpus)} are assigned",
+                f"give --gpus {tp} (or more), or lower --tp",
+            )
+        )
+    try:
+        port = choose_port(spec.port, inv, port_range, owner=spec.name)
+    except LlmdockError as e:
+        check(e)
+        port = spec.port or port_range[0]
+    if not image_present:
+        check(ImageMissing(image))
+
+    model_path = str(PurePosixPath(MOUNT_ROOT) / PurePosixPath(model_dir).name)
+    launch = Launch(spec=spec, model_path=model_path, port=port, tensor_parallel_size=tp, version=engine_version)
+    argv = engine.argv(launch)
+    served = engine.served_name(launch)
+    spec_hash = spec.hash()
+    container = ContainerConfig(
+        image=image,
+        name=spec.name,
+        entrypoint=argv[:1],
+        command=argv[1:],
+        labels=labels_for(
+            name=spec.name, model=spec.model, engine=spec.engine, port=port, gpus=gpus, spec_hash=spec_hash,
+            spec=spec.to_dict(), served_name=served, health_path=engine.health_path,
+        ),
+        gpu_ids=gpus,
+        network_mode=spec.network,
+        ports={port: port} if spec.network == "bridge" else {},
+        mounts=(Mount(model_dir, model_path, read_only=True),),
+        env={**DEFAULT_ENV, **spec.env},
+    )
+    return Plan(
+        spec=spec, gpus=gpus, port=port, tensor_parallel_size=tp, argv=argv, served_name=served,
+        health_path=engine.health_path, container=container, spec_hash=spec_hash, problems=tuple(problems),
+    )

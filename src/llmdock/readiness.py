@@ -1,0 +1,114 @@
+"""Wait until a deployment serves, or say at once why it never will.
+
+Ready means: the engine's health endpoint answers 200 *and* ``/v1/models`` lists the served name.
+The loop polls a few times a second until a deadline, reads the current phase from the engine log,
+and stops the moment the container exits, naming the cause from known log patterns.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llmdock.engines import Engine
+from llmdock.errors import EngineFailed, NotFound, ReadinessTimeout
+from llmdock.runtimes.base import Deployment, Runtime
+
+POLL_S = 0.1
+PHASE_EVERY_S = 1.0
+LOG_TAIL = 40
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    cause: str
+    fix: str
+    line: str
+
+
+def diagnose(lines: list[str], engine: Engine, dep: Deployment | None = None) -> Diagnosis | None:
+    """The first known failure whose pattern appears in ``lines`` (engine-specific ones first)."""
+    for failure in engine.known_failures():
+        for line in reversed(lines):
+            if failure.pattern.search(line):
+                return Diagnosis(failure.cause, failure.fix, line.strip())
+    if dep is not None and dep.oom_killed:
+        return Diagnosis("the host ran out of RAM and the kernel killed the engine", "free host memory", "")
+    return None
+
+
+def current_phase(lines: list[str], engine: Engine) -> str | None:
+    """The label of the latest phase pattern seen in ``lines``."""
+    for line in reversed(lines):
+        for phase in reversed(engine.phases):
+            if phase.pattern.search(line):
+                return phase.label
+    return None
+
+
+def probe(port: int, health_path: str, served_name: str, timeout: float = 2.0) -> bool:
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with urllib.request.urlopen(base + health_path, timeout=timeout) as r:
+            if r.status != 200:
+                return False
+        with urllib.request.urlopen(base + "/v1/models", timeout=timeout) as r:
+            ids = [m.get("id") for m in json.loads(r.read()).get("data", [])]
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+    return served_name in ids
+
+
+def wait_ready(
+    runtime: Runtime,
+    name: str,
+    engine: Engine,
+    *,
+    timeout: float,
+    on_phase: Callable[[str], None] | None = None,
+    tail: Callable[[str, int], list[str]] | None = None,
+) -> float:
+    """Block until ``name`` is ready; return seconds waited. Raise EngineFailed / ReadinessTimeout."""
+    start = time.monotonic()
+    deadline = start + timeout
+    read_tail = tail or (lambda n, k: list(runtime.logs(n, tail=k)))
+    last_phase_check = 0.0
+    phase: str | None = None
+    while True:
+        dep = runtime.get(name)
+        if dep is None:
+            raise NotFound(f"deployment {name!r} disappeared while starting", "someone removed it; run `up` again")
+        if dep.dead:
+            raise failed(dep, read_tail(name, LOG_TAIL), engine)
+        if dep.port is not None and probe(dep.port, dep.health_path, dep.served_name):
+            return time.monotonic() - start
+        now = time.monotonic()
+        if now >= deadline:
+            raise ReadinessTimeout(
+                f"{name!r} is still not ready after {timeout:.0f}s (last phase: {phase or 'unknown'})",
+                f"it keeps starting in the background: watch `llmdock logs -f {name}`, "
+                "or wait longer next time with --timeout SECONDS",
+            )
+        if on_phase is not None and now - last_phase_check >= PHASE_EVERY_S:
+            last_phase_check = now
+            seen = current_phase(read_tail(name, LOG_TAIL), engine)
+            if seen and seen != phase:
+                phase = seen
+                on_phase(seen)
+        time.sleep(POLL_S)
+
+
+def failed(dep: Deployment, lines: list[str], engine: Engine) -> EngineFailed:
+    diag = diagnose(lines, engine, dep)
+    how = f"exited with code {dep.exit_code}" if dep.state == "exited" else f"crashed ({dep.state})"
+    if diag:
+        return EngineFailed(f"{dep.name!r} {how}: {diag.cause}", diag.fix, lines)
+    return EngineFailed(
+        f"{dep.name!r} {how} before it became ready",
+        f"read the log above (`llmdock logs {dep.name}`), fix the cause, then `llmdock rm {dep.name}` and retry",
+        lines,
+    )
