@@ -122,3 +122,16 @@ class IntegrityError(LlmdockError):
     def __init__(self, message: str, hint: str = "", files: list[str] | None = None) -> None:
         super().__init__(message, hint)
         self.files = files or []
+
+
+# -- planner (llmdock.planning.fit) ----------------------------------------------------------------------
+#   LlmdockError └── DoesNotFit         the model does not fit the GPUs as asked; carries alternatives that do
+
+
+class DoesNotFit(LlmdockError):
+    """The model, context and GPUs asked for do not fit in GPU memory; ``alternatives`` holds the nearest
+    requests that do (plain text lines such as ``--max-model-len 32768``), ``hint`` the first of them."""
+
+    def __init__(self, message: str, hint: str = "", alternatives: tuple[str, ...] = ()) -> None:
+        super().__init__(message, hint)
+        self.alternatives = alternatives
