@@ -162,7 +162,11 @@ def facts_from_config(
     text = config.get("text_config")
     cfg: Mapping[str, Any] = {**config, **text} if isinstance(text, Mapping) else config
     model_type = str(config.get("model_type", cfg.get("model_type", "")))
-    hidden, layers, heads = _int(cfg, "hidden_size"), _int(cfg, "num_hidden_layers"), _int(cfg, "num_attention_heads")
+    hidden, layers, heads = (
+        _int(cfg, "hidden_size"),
+        _int(cfg, "num_hidden_layers"),
+        _int(cfg, "num_attention_heads"),
+    )
     if not (hidden and layers and heads):
         raise ValueError("config.json lacks hidden_size, num_hidden_layers or num_attention_heads")
     kv_lora = _int(cfg, "kv_lora_rank")
@@ -202,7 +206,9 @@ def facts_from_config(
         sliding_layers=sliding_layers,
         num_experts=experts,
         experts_per_token=_int(cfg, "num_experts_per_tok") if experts else 0,
-        moe_intermediate_size=_int(cfg, "moe_intermediate_size", _int(cfg, "intermediate_size")) if experts else 0,
+        moe_intermediate_size=_int(cfg, "moe_intermediate_size", _int(cfg, "intermediate_size"))
+        if experts
+        else 0,
         shared_experts=_int(cfg, "n_shared_experts") if experts else 0,
         dense_layers=dense if experts else 0,
         quant_method=quant_method,
