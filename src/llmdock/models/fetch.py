@@ -30,6 +30,7 @@ from llmdock.models.names import PART_SUFFIX
 Progress = Callable[[dict[str, Any]], None]
 ATTEMPTS = 5
 READ_BLOCK = 8 << 20
+WRITE_BLOCK = 4 << 20  # coalesce network pieces into big writes (and big hash updates)
 
 
 def _quiet(event: dict[str, Any]) -> None:
@@ -127,12 +128,15 @@ def fetch_file(
                     f"{remote.path}: download kept failing after {attempts} attempts: {e.message}",
                     "check the network or the hub endpoint, then run the same pull again: it resumes",
                 ) from e
-            progress({"event": "retry", "path": remote.path, "offset": done, "error": e.message})
+            kept = part.stat().st_size if part.exists() else 0
+            progress({"event": "retry", "path": remote.path, "offset": kept, "error": e.message})
             time.sleep(min(0.2 * 2**attempt, 5.0))
             continue
         except IntegrityError:
             part.unlink(missing_ok=True)
-            progress({"event": "progress", "path": remote.path, "done": 0, "size": remote.size, "delta": -done})
+            progress(
+                {"event": "progress", "path": remote.path, "done": 0, "size": remote.size, "delta": -done}
+            )
             if attempt >= 2:
                 raise
             progress({"event": "retry", "path": remote.path, "offset": 0, "error": "checksum mismatch"})
@@ -153,27 +157,42 @@ def _stream(
     hashers: Hashers,
     progress: Progress,
 ) -> int:
+    """Append the body to ``part`` in big writes; bytes that arrived before a drop are kept for resume."""
     with hub.open_file(repo_id, commit, remote.path, done) as body:
         if body.start != done:  # the server ignored the Range: start over
-            progress({"event": "progress", "path": remote.path, "done": 0, "size": remote.size, "delta": -done})
+            event = {"event": "progress", "path": remote.path, "done": 0, "size": remote.size, "delta": -done}
+            progress(event)
             hashers.reset()
             done = body.start
         with part.open("r+b" if part.exists() else "wb", buffering=0) as f:
             f.seek(done)
             f.truncate()
-            for chunk in body.chunks:
-                f.write(chunk)
-                hashers.update(chunk)
-                done += len(chunk)
-                if done > remote.size:
+            buf = bytearray()
+
+            def flush() -> None:
+                nonlocal done
+                if not buf:
+                    return
+                if done + len(buf) > remote.size:
                     raise IntegrityError(
                         f"{remote.path}: the hub sent more than the {remote.size} bytes it listed",
                         "the hub's listing and its file disagree; try again later or another --source",
                         files=[remote.path],
                     )
-                progress(
-                    {"event": "progress", "path": remote.path, "done": done, "size": remote.size, "delta": len(chunk)}
-                )
+                f.write(buf)
+                hashers.update(buf)
+                done += len(buf)
+                event = {"event": "progress", "path": remote.path, "done": done, "size": remote.size}
+                progress({**event, "delta": len(buf)})
+                buf.clear()
+
+            try:
+                for chunk in body.chunks:
+                    buf += chunk
+                    if len(buf) >= WRITE_BLOCK:
+                        flush()
+            finally:
+                flush()
             if done == remote.size:
                 os.fsync(f.fileno())  # the manifest will vouch for these bytes; make sure they are on disk
     return done

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from llmdock.errors import HubError, NotFound
-from llmdock.models.hubs import CHUNK, Body, Listing, RemoteFile
+from llmdock.models.hubs import Body, Listing, RemoteFile
 
 
 def _translate(e: Exception, what: str) -> Exception:
@@ -68,8 +68,8 @@ class HuggingFaceHub:
 
     @contextlib.contextmanager
     def open_file(self, repo_id: str, revision: str, path: str, offset: int) -> Iterator[Body]:
-        from huggingface_hub import hf_hub_url
-        from huggingface_hub.utils import build_hf_headers, get_session
+        from huggingface_hub import get_session, hf_hub_url
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
         url = hf_hub_url(repo_id, path, revision=revision, endpoint=self._endpoint)
         headers = build_hf_headers(token=self._token)
@@ -78,7 +78,9 @@ class HuggingFaceHub:
             headers["Range"] = f"bytes={offset}-"
         with contextlib.ExitStack() as stack:
             try:
-                resp = stack.enter_context(get_session().stream("GET", url, headers=headers, follow_redirects=True))
+                resp = stack.enter_context(
+                    get_session().stream("GET", url, headers=headers, follow_redirects=True)
+                )
                 if resp.status_code >= 400:
                     resp.read()
                     resp.raise_for_status()
@@ -87,9 +89,10 @@ class HuggingFaceHub:
             start = offset if resp.status_code == 206 else 0
             yield Body(start=start, chunks=_chunks(resp, path))
 
+
 def _chunks(resp: Any, path: str) -> Iterator[bytes]:
     # Only reads happen inside this generator (the caller writes), so any error here is the network's.
     try:
-        yield from resp.iter_raw(CHUNK)
+        yield from resp.iter_raw()  # transport-sized pieces: nothing is held back when a link drops
     except Exception as e:
         raise HubError(f"connection broke while reading {path}: {e}") from e

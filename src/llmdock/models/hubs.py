@@ -22,7 +22,7 @@ from typing import Protocol
 
 from llmdock.errors import HubError, NotFound
 
-CHUNK = 4 << 20  # bytes per read from the network: big reads keep Python's per-chunk overhead negligible
+CHUNK = 1 << 20  # bytes per read from the network (fetch coalesces pieces into bigger writes)
 
 
 @dataclass(frozen=True)
