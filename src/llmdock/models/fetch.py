@@ -50,7 +50,7 @@ class Hashers:
         if self.remote.sha256 is None and self.remote.git_sha1 is not None:
             self.sha1 = hashlib.sha1(b"blob %d\0" % self.remote.size, usedforsecurity=False)
 
-    def update(self, data: bytes | memoryview) -> None:
+    def update(self, data: bytes | bytearray | memoryview) -> None:
         self.sha256.update(data)
         if self.sha1 is not None:
             self.sha1.update(data)

@@ -19,16 +19,16 @@ def _translate(e: Exception, what: str) -> Exception:
     status = getattr(e, "status_code", None) or getattr(getattr(e, "response", None), "status_code", None)
     if name == "NotExistError" or status == 404:
         return NotFound(
-            f"{what} not found on ModelScope ({e})",
+            f"{what} not found on ModelScope ({_first_line(e)})",
             "check the model ID and --revision on modelscope.cn, or try --source huggingface",
         )
     if name in ("AuthenticationError", "PermissionDeniedError") or status in (401, 403):
         return HubError(
-            f"ModelScope refused access to {what} ({e})",
+            f"ModelScope refused access to {what} ({_first_line(e)})",
             "pass --token or set MODELSCOPE_API_TOKEN to a token that can read this model",
         )
     return HubError(
-        f"ModelScope request for {what} failed: {e}",
+        f"ModelScope request for {what} failed: {_first_line(e)}",
         "check the network, or set MODELSCOPE_ENDPOINT to a reachable mirror; a pull can be resumed",
     )
 
@@ -74,3 +74,8 @@ def _chunks(resp: Any, path: str) -> Iterator[bytes]:
         yield from resp.raw.stream(CHUNK, decode_content=False)
     except Exception as e:
         raise HubError(f"connection broke while reading {path}: {e}") from e
+
+
+def _first_line(e: Exception) -> str:
+    """The SDK's message without the request/response dump it appends on further lines."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
