@@ -109,7 +109,7 @@ def parse_model_id(text: str, source: str, revision: str | None = None) -> Model
             "write it as the hub shows it, e.g. Qwen/Qwen2.5-7B-Instruct (letters, digits, '.', '_', '-'; "
             "no '..', no absolute paths)",
         )
-    rev = revision or at_rev or DEFAULT_REVISION[source]
+    rev = revision or (at_rev if at_rev is not None else DEFAULT_REVISION[source])
     return ModelRef(source, parts[0], parts[1], check_revision(rev))
 
 
