@@ -29,6 +29,7 @@ from llmdock.models.names import PART_SUFFIX
 
 Progress = Callable[[dict[str, Any]], None]
 ATTEMPTS = 5
+BACKOFF_S = 0.2  # first wait between attempts; doubles each time, at most 5 s
 READ_BLOCK = 8 << 20
 WRITE_BLOCK = 4 << 20  # coalesce network pieces into big writes (and big hash updates)
 
@@ -130,7 +131,7 @@ def fetch_file(
                 ) from e
             kept = part.stat().st_size if part.exists() else 0
             progress({"event": "retry", "path": remote.path, "offset": kept, "error": e.message})
-            time.sleep(min(0.2 * 2**attempt, 5.0))
+            time.sleep(min(BACKOFF_S * 2 ** (attempt - 1), 5.0))
             continue
         except IntegrityError:
             part.unlink(missing_ok=True)
