@@ -104,9 +104,9 @@ def wait_ready(
 
 def failed(dep: Deployment, lines: list[str], engine: Engine) -> EngineFailed:
     diag = diagnose(lines, engine, dep)
-    how = f"exited with code {dep.exit_code}" if dep.state == "exited" else f"crashed ({dep.state})"
+    how = f"exited with code {dep.exit_code}" if dep.exit_code is not None else f"crashed ({dep.state})"
     if diag:
-        return EngineFailed(f"{dep.name!r} {how}: {diag.cause}", diag.fix, lines)
+        return EngineFailed(f"{dep.name!r} {how}: {diag.cause} — {diag.line!r}", diag.fix, lines)
     return EngineFailed(
         f"{dep.name!r} {how} before it became ready",
         f"read the log above (`llmdock logs {dep.name}`), fix the cause, then `llmdock rm {dep.name}` and retry",

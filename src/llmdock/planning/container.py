@@ -48,6 +48,8 @@ class ContainerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["mounts"] = [asdict(m) for m in self.mounts]
+        data["gpu_ids"] = list(self.gpu_ids)
         data["device_requests"] = (
             [{"driver": "nvidia", "device_ids": [str(i) for i in self.gpu_ids], "capabilities": [["gpu"]]}]
             if self.gpu_ids

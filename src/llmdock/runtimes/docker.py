@@ -24,10 +24,13 @@ def connect(base_url: str | None = None) -> Any:
     """A docker client that has answered a ping; RuntimeUnavailable (with how to start it) otherwise."""
     import docker
 
+    client = None
     try:
         client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
         client.ping()
     except docker.errors.DockerException as e:
+        if client is not None:
+            client.close()
         raise RuntimeUnavailable(f"the Docker daemon is not reachable: {_reason(e)}", START_HINT) from e
     return client
 

@@ -1,0 +1,177 @@
+"""End-to-end CLI flows against the real daemon with the CPU engine image and the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import cli
+
+
+def ps(env: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    done = cli("ps", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    return {d["name"]: d for d in json.loads(done.stdout)}
+
+
+def chat(port: int, model: str) -> Any:
+    from openai import OpenAI
+
+    with OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=60) as client:
+        return client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=4
+        )
+
+
+def test_up_chat_logs_stop_start_rm(home: Path, engine_image: str, tiny_model: Path, name: str) -> None:
+    up = cli("up", str(tiny_model), "--engine", "transformers", "--name", name, "--json")
+    assert up.returncode == 0, up.stderr
+    result = json.loads(up.stdout)
+    assert result["action"] == "created" and result["ready_after_s"] > 0
+    port, served = result["port"], result["served_model_name"]
+
+    reply = chat(port, served)
+    assert reply.choices[0].finish_reason in ("length", "stop") and reply.usage.completion_tokens > 0
+
+    logs = cli("logs", name, "--tail", "200")
+    assert logs.returncode == 0 and "/v1/chat/completions" in logs.stdout
+
+    again = cli("up", str(tiny_model), "--engine", "transformers", "--name", name, "--json")
+    assert json.loads(again.stdout)["action"] == "unchanged"
+
+    assert cli("stop", name, "--timeout", "5").returncode == 0
+    assert ps()[name]["state"] == "exited"
+    start = cli("start", name)
+    assert start.returncode == 0, start.stderr
+    assert chat(port, served).choices
+
+    refused = cli("rm", name)
+    assert refused.returncode == 1 and "is running" in refused.stderr and "rm -f" in refused.stderr
+    assert cli("rm", "-f", name).returncode == 0
+    assert name not in ps()
+    inspect = cli("inspect", name)
+    assert inspect.returncode == 1 and "no deployment named" in inspect.stderr
+
+
+def test_bad_engine_flag_fails_fast_with_diagnosis(home: Path, engine_image: str, tiny_model: Path, name: str) -> None:
+    t0 = time.monotonic()
+    up = cli("up", str(tiny_model), "--engine", "transformers", "--name", name, "--", "--no-such-flag")
+    assert up.returncode == 1
+    assert time.monotonic() - t0 < 60
+    assert "does not know one of the flags" in up.stderr and "--no-such-flag" in up.stderr
+    assert ps()[name]["state"] == "exited"  # kept, stopped, so its log can be read
+
+
+def test_taken_port_is_refused_and_nothing_created(home: Path, engine_image: str, tiny_model: Path, name: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        up = cli("up", str(tiny_model), "--engine", "transformers", "--name", name, "--port", str(port))
+    assert up.returncode == 1 and f"port {port} is already in use" in up.stderr and "--port auto" in up.stderr
+    assert name not in ps()
+
+
+def test_missing_image_and_gpu_without_runtime(home: Path, engine_image: str, tiny_model: Path, name: str) -> None:
+    missing = cli("up", str(tiny_model), "--engine", "transformers", "--name", name, "--image", "llmdock/nope:0")
+    assert missing.returncode == 1 and "docker pull llmdock/nope:0" in missing.stderr
+    gpu = cli("up", str(tiny_model), "--engine", "vllm", "--image", engine_image, "--name", name, "--gpus", "all")
+    assert gpu.returncode == 1 and "nvidia-container-toolkit" in gpu.stderr
+    assert name not in ps()
+
+
+def test_procedure_dry_run_json(home: Path, tiny_model: Path, docker_client: Any) -> None:
+    args = [
+        "up", str(tiny_model), "--name", "qwen2.5-vl-72b", "--engine", "vllm", "--port", "8001", "--dtype", "bfloat16",
+        "--limit-mm-per-prompt", "image=5,video=5", "--tensor-parallel-size", "8", "--gpu_memory_utilization", "0.9",
+        "--max-model-len", "73480", "--gpus", "all", "--image", "qwenllm/qwenvl:2.5-cu121", "--dry-run", "--json",
+    ]
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    # The image is absent, so its vLLM version is unknown: the newest (JSON) syntax is rendered.
+    assert plan["command"] == [
+        "vllm", "serve", "/work/tiny-qwen", "--port", "8001", "--dtype", "bfloat16", "--limit-mm-per-prompt",
+        '{"image":5,"video":5}', "--tensor-parallel-size", "8", "--gpu-memory-utilization", "0.9",
+        "--max-model-len", "73480",
+    ]
+    c = plan["container"]
+    assert c["image"] == "qwenllm/qwenvl:2.5-cu121" and c["name"] == "qwen2.5-vl-72b"
+    assert c["ipc_mode"] == "host" and c["network_mode"] == "host" and c["detach"] is True
+    assert c["mounts"][0]["read_only"] is True and c["env"]["HF_HUB_OFFLINE"] == "1"
+    assert c["labels"]["io.llmdock.name"] == "qwen2.5-vl-72b"
+    assert c["device_requests"][0]["capabilities"] == [["gpu"]]
+    problems = " ".join(plan["problems"])
+    assert "not present" in problems and "NVIDIA runtime" in problems
+    assert plan["docker_run"].startswith("docker run -d --name qwen2.5-vl-72b --gpus")
+    assert docker_client.containers.list(all=True, filters={"name": "qwen2.5-vl-72b"}) == []
+    human = cli(*args[:-1])
+    assert "docker run -d --name qwen2.5-vl-72b" in human.stdout and "! image" in human.stdout
+
+
+def test_cli_killed_during_up_leaves_a_deployment_ps_shows(
+    home: Path, engine_image: str, tiny_model: Path, name: str, docker_client: Any
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmdock.cli.main", "up", str(tiny_model), "--engine", "transformers", "--name", name],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
+    )
+    deadline = time.monotonic() + 60
+    while not docker_client.containers.list(all=True, filters={"name": name}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert name in ps()
+    assert cli("rm", "-f", name).returncode == 0
+    assert docker_client.containers.list(all=True, filters={"name": name}) == []
+
+
+def test_ps_and_up_work_without_the_database(home: Path, engine_image: str, tiny_model: Path, name: str) -> None:
+    args = ["up", str(tiny_model), "--engine", "transformers", "--name", name, "--no-wait"]
+    assert cli(*args).returncode == 0
+    (home / "state.db").unlink()
+    for extra in ("state.db-wal", "state.db-shm"):
+        (home / extra).unlink(missing_ok=True)
+    assert ps()[name]["engine"] == "transformers"
+    again = cli(*args, "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["action"] == "unchanged"
+    events = json.loads(cli("inspect", name).stdout)["events"]
+    assert [e["kind"] for e in events] == ["adopted"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["up", "/nonexistent/model", "--engine", "transformers"], "neither a local directory"),
+        (["up", "/tmp", "--engine", "transformers", "--name", "../x"], "not allowed"),
+        (["up", "/tmp", "--gpus", "zero"], "not understood"),
+        (["logs", "llmdock-no-such"], "no deployment named"),
+        (["config", "set", "colour", "red"], "unknown setting"),
+    ],
+)
+def test_bad_input_is_one_line_and_a_hint(home: Path, docker_client: Any, args: list[str], fragment: str) -> None:
+    done = cli(*args)
+    assert done.returncode == 1
+    assert fragment in done.stderr and "hint:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_unreachable_daemon_says_how_to_start_it(home: Path) -> None:
+    done = cli("ps", env={"LLMDOCK_DOCKER_HOST": "unix:///tmp/llmdock-no-daemon.sock"})
+    assert done.returncode == 1 and "not reachable" in done.stderr and "dockerd" in done.stderr
+
+
+def test_config_set_get_and_env_override(home: Path) -> None:
+    assert cli("config", "set", "image.vllm", "qwenllm/qwenvl:2.5-cu121").returncode == 0
+    assert cli("config", "get", "image.vllm").stdout.strip() == "qwenllm/qwenvl:2.5-cu121"
+    assert "config file" in cli("config", "list").stdout
+    env = {"LLMDOCK_IMAGE_VLLM": "other:1"}
+    assert cli("config", "get", "image.vllm", env=env).stdout.strip() == "other:1"

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmdock.engines import Launch, get_engine
+from llmdock.engines.base import parse_version
+from llmdock.engines.vllm import limit_mm_arg
+from llmdock.errors import InvalidSpec
+from llmdock.spec import DeploymentSpec
+
+PROCEDURE = dict(
+    engine="vllm", port="8001", dtype="bfloat16", limit_mm_per_prompt="image=5,video=5", tensor_parallel_size=8,
+    gpu_memory_utilization=0.9, max_model_len=73480, gpus="all",
+)
+
+
+def launch(spec: DeploymentSpec, version: str | None = None, tp: int | None = None) -> Launch:
+    return Launch(spec, f"/work/{spec.model.rsplit('/', 1)[-1]}", spec.port or 8000, tp, version)
+
+
+def test_vllm_renders_the_procedure_command_exactly() -> None:
+    """The wiki's `nohup vllm serve ...` line, with the image's old vLLM (key=value syntax)."""
+    spec = DeploymentSpec.create("/home/online/models/Qwen2.5-VL-72B-Instruct", **PROCEDURE)  # type: ignore[arg-type]
+    argv = get_engine("vllm").argv(launch(spec, "0.7.2", tp=8))
+    assert argv == (
+        "vllm serve /work/Qwen2.5-VL-72B-Instruct --port 8001 --dtype bfloat16 --limit-mm-per-prompt image=5,video=5 "
+        "--tensor-parallel-size 8 --gpu-memory-utilization 0.9 --max-model-len 73480"
+    ).split()
+
+
+@pytest.mark.parametrize(
+    ("version", "rendered"),
+    [
+        ("0.6.3.post1", "image=5,video=5"),
+        ("0.8.5", "image=5,video=5"),
+        ("0.9.0", '{"image":5,"video":5}'),
+        ("0.11.0", '{"image":5,"video":5}'),
+        ("1.2", '{"image":5,"video":5}'),
+        (None, '{"image":5,"video":5}'),  # unknown -> newest syntax
+        ("garbage", '{"image":5,"video":5}'),
+    ],
+)
+def test_vllm_limit_mm_syntax_follows_version(version: str | None, rendered: str) -> None:
+    assert limit_mm_arg({"image": 5, "video": 5}, version) == rendered
+
+
+def test_vllm_extra_args_served_name_and_bridge() -> None:
+    spec = DeploymentSpec.create(
+        "/m/Qwen3-8B", served_model_name="qwen3", network="bridge", extra_args=["--enable-prefix-caching"]
+    )
+    argv = get_engine("vllm").argv(launch(spec))
+    assert argv[:3] == ["vllm", "serve", "/work/Qwen3-8B"]
+    assert argv[argv.index("--host") + 1] == "0.0.0.0"
+    assert argv[argv.index("--served-model-name") + 1] == "qwen3"
+    assert argv[-1] == "--enable-prefix-caching"
+    assert get_engine("vllm").served_name(launch(spec)) == "qwen3"
+    assert get_engine("vllm").served_name(launch(DeploymentSpec.create("/m/Qwen3-8B"))) == "/work/Qwen3-8B"
+
+
+def test_sglang_argv() -> None:
+    spec = DeploymentSpec.create(
+        "/m/Qwen3-8B", engine="sglang", port=30000, dtype="bfloat16", gpu_memory_utilization=0.85,
+        max_model_len=32768, served_model_name="q",
+    )
+    argv = get_engine("sglang").argv(launch(spec, tp=2))
+    assert argv == [
+        "python3", "-m", "sglang.launch_server", "--model-path", "/work/Qwen3-8B", "--host", "0.0.0.0",
+        "--port", "30000", "--served-model-name", "q", "--dtype", "bfloat16", "--tp-size", "2",
+        "--mem-fraction-static", "0.85", "--context-length", "32768",
+    ]
+
+
+def test_transformers_argv_on_cpu() -> None:
+    spec = DeploymentSpec.create("/m/tiny", engine="transformers", port=8100)
+    argv = get_engine("transformers").argv(launch(spec))
+    assert argv == [
+        "transformers", "serve", "/work/tiny", "--host", "127.0.0.1", "--port", "8100", "--device", "cpu",
+        "--log-level", "info",
+    ]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"served_model_name": "x"}, {"max_model_len": 10}, {"gpu_memory_utilization": 0.5}, {"limit_mm_per_prompt": "image=1"}],
+)
+def test_transformers_refuses_flags_it_cannot_honour(kwargs: dict[str, object]) -> None:
+    spec = DeploymentSpec.create("/m/tiny", engine="transformers", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InvalidSpec) as e:
+        get_engine("transformers").argv(launch(spec))
+    assert "transformers engine" in e.value.message
+
+
+def test_version_probe_prints_the_package_version() -> None:
+    probe = get_engine("vllm").version_probe()
+    assert probe[:2] == ["python3", "-c"] and "'vllm'" in probe[2]
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"), [("0.8.5.post1", (0, 8, 5)), ("0.10", (0, 10, 0)), ("v1", None), ("", None), (None, None)]
+)
+def test_parse_version(text: str | None, parsed: tuple[int, ...] | None) -> None:
+    assert parse_version(text) == parsed
+
+
+def test_unknown_engine() -> None:
+    with pytest.raises(InvalidSpec):
+        get_engine("ollama")
+
+
+def test_json_limit_is_valid_json() -> None:
+    assert json.loads(limit_mm_arg({"image": 1}, "0.10.1")) == {"image": 1}

@@ -1,0 +1,111 @@
+"""Lifecycle decisions over the in-memory runtime: idempotency, replace, adoption, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmdock import settings
+from llmdock.errors import ImageMissing, LlmdockError, NotFound, PortTaken, SpecChanged
+from llmdock.lifecycle import Lifecycle
+from llmdock.spec import DeploymentSpec
+from llmdock.state import Store
+from tests.support.memruntime import MemoryRuntime
+
+IMAGE = settings.KEYS["image.transformers"].default
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> str:
+    d = tmp_path / "tiny"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    return str(d)
+
+
+@pytest.fixture
+def lc(tmp_path: Path) -> Lifecycle:
+    rt = MemoryRuntime(images={IMAGE: "sha256:abc"})
+    rt.versions[IMAGE] = "5.24.0"
+    s = settings.load({"LLMDOCK_HOME": str(tmp_path / "home")})
+    return Lifecycle(s, rt, Store(s.db_path))
+
+
+def spec(model: str, **kw: object) -> DeploymentSpec:
+    return DeploymentSpec.create(model, name="t", engine="transformers", **kw)  # type: ignore[arg-type]
+
+
+def test_up_then_same_spec_is_a_no_op(lc: Lifecycle, model: str) -> None:
+    first = lc.up(spec(model), wait=False)
+    assert first.action == "created" and first.plan.port >= 8001
+    again = lc.up(spec(model), wait=False)
+    assert again.action == "unchanged"
+    assert len(lc.runtime.list()) == 1
+    assert [k for _, k, _ in lc.store.events("t")] == ["created"]
+
+
+def test_engine_version_probed_once_per_image(lc: Lifecycle, model: str) -> None:
+    lc.up(spec(model), dry_run=True)
+    lc.up(spec(model), dry_run=True)
+    assert lc.runtime.probes == [IMAGE]  # type: ignore[attr-defined]
+    assert lc.store.engine_version("sha256:abc", "transformers") == "5.24.0"
+
+
+def test_different_spec_needs_replace(lc: Lifecycle, model: str) -> None:
+    lc.up(spec(model), wait=False)
+    with pytest.raises(SpecChanged) as e:
+        lc.up(spec(model, dtype="float32"), wait=False)
+    assert "--replace" in e.value.hint
+    result = lc.up(spec(model, dtype="float32"), wait=False, replace=True)
+    assert result.action == "replaced"
+    assert lc.runtime.get("t").spec["dtype"] == "float32"  # type: ignore[union-attr]
+
+
+def test_stopped_same_spec_is_started(lc: Lifecycle, model: str) -> None:
+    lc.up(spec(model), wait=False)
+    lc.stop("t")
+    assert lc.up(spec(model), wait=False).action == "started"
+    assert lc.runtime.get("t").running  # type: ignore[union-attr]
+
+
+def test_refusals_change_nothing(lc: Lifecycle, model: str) -> None:
+    lc.up(spec(model, port="8123"), wait=False)
+    with pytest.raises(PortTaken):
+        lc.up(DeploymentSpec.create(model, name="u", engine="transformers", port="8123"), wait=False)
+    with pytest.raises(ImageMissing):
+        lc.up(DeploymentSpec.create(model, name="v", engine="transformers", image="nope:1"), wait=False)
+    with pytest.raises(NotFound):
+        lc.up(DeploymentSpec.create(model + "-missing", name="w", engine="transformers"), wait=False)
+    assert [d.name for d in lc.runtime.list()] == ["t"]
+    assert lc.store.deployment_names() == ["t"]
+
+
+def test_auto_ports_skip_held_ones(lc: Lifecycle, model: str) -> None:
+    a = lc.up(DeploymentSpec.create(model, name="a", engine="transformers"), wait=False)
+    b = lc.up(DeploymentSpec.create(model, name="b", engine="transformers"), wait=False)
+    assert a.plan.port != b.plan.port
+
+
+def test_lost_database_is_readopted(lc: Lifecycle, model: str, tmp_path: Path) -> None:
+    lc.up(spec(model), wait=False)
+    lc.store.delete_deployment("t")
+    assert lc.up(spec(model), wait=False).action == "unchanged"
+    assert lc.store.deployment("t") is not None
+    assert "adopted" in [k for _, k, _ in lc.store.events("t")]
+
+
+def test_rm_running_needs_force(lc: Lifecycle, model: str) -> None:
+    lc.up(spec(model), wait=False)
+    with pytest.raises(LlmdockError, match="is running"):
+        lc.rm("t")
+    lc.rm("t", force=True)
+    assert lc.runtime.list() == [] and lc.store.deployment("t") is None
+    with pytest.raises(NotFound):
+        lc.rm("t")
+
+
+def test_dry_run_creates_nothing(lc: Lifecycle, model: str) -> None:
+    result = lc.up(spec(model), dry_run=True)
+    assert result.action == "dry-run" and result.to_dict()["docker_run"].startswith("docker run -d --name t")
+    assert lc.runtime.list() == [] and lc.store.deployment_names() == []

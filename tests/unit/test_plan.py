@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmdock.errors import ImageMissing, InvalidSpec, RuntimeUnavailable
+from llmdock.planning.container import docker_run_argv
+from llmdock.planning.inventory import Gpu, Inventory
+from llmdock.planning.plan import make_plan
+from llmdock.spec import DeploymentSpec
+
+MODEL = "/home/online/models/Qwen2.5-VL-72B-Instruct"
+IMAGE = "qwenllm/qwenvl:2.5-cu121"
+GPU8 = Inventory(gpus=tuple(Gpu(i) for i in range(8)), gpu_runtime=True)
+
+
+def procedure_spec(**over: object) -> DeploymentSpec:
+    kwargs: dict[str, object] = dict(
+        name="qwen2.5-vl-72b", engine="vllm", port="8001", dtype="bfloat16", limit_mm_per_prompt="image=5,video=5",
+        tensor_parallel_size=8, gpu_memory_utilization=0.9, max_model_len=73480, gpus="all",
+    )
+    kwargs.update(over)
+    return DeploymentSpec.create(MODEL, **kwargs)  # type: ignore[arg-type]
+
+
+def plan(spec: DeploymentSpec, inv: Inventory = GPU8, **kw: object):  # type: ignore[no-untyped-def]
+    args: dict[str, object] = dict(model_dir=MODEL, image=IMAGE, port_range=(8001, 8999), engine_version="0.7.3")
+    args.update(kw)
+    return make_plan(spec, inv, **args)  # type: ignore[arg-type]
+
+
+def test_procedure_container() -> None:
+    p = plan(procedure_spec())
+    c = p.container.to_dict()
+    assert p.gpus == tuple(range(8)) and p.port == 8001 and p.tensor_parallel_size == 8
+    assert c["device_requests"] == [
+        {"driver": "nvidia", "device_ids": [str(i) for i in range(8)], "capabilities": [["gpu"]]}
+    ]
+    assert c["ipc_mode"] == "host" and c["network_mode"] == "host" and c["detach"] is True
+    assert c["privileged"] is False
+    assert c["mounts"] == [{"source": MODEL, "target": "/work/Qwen2.5-VL-72B-Instruct", "read_only": True}]
+    assert c["entrypoint"] + c["command"] == p.argv
+    assert c["restart_policy"]["MaximumRetryCount"] > 0
+    assert c["log_config"]["type"] == "json-file" and c["log_config"]["config"]["max-size"]
+    labels = c["labels"]
+    assert labels["io.llmdock.name"] == "qwen2.5-vl-72b" and labels["io.llmdock.port"] == "8001"
+    assert labels["io.llmdock.gpus"] == "0,1,2,3,4,5,6,7" and labels["io.llmdock.spec-hash"] == p.spec_hash
+    assert json.loads(labels["io.llmdock.spec"])["max_model_len"] == 73480
+
+
+def test_docker_run_line_is_equivalent() -> None:
+    argv = docker_run_argv(plan(procedure_spec()).container)
+    assert argv[:5] == ["docker", "run", "-d", "--name", "qwen2.5-vl-72b"]
+    assert '"device=0,1,2,3,4,5,6,7"' in argv and "--ipc=host" in argv and "--network=host" in argv
+    assert f"{MODEL}:/work/Qwen2.5-VL-72B-Instruct:ro" in argv
+    i = argv.index(IMAGE)
+    assert argv[i - 2 : i] == ["--entrypoint", "vllm"]
+    assert argv[i + 1 :][:2] == ["serve", "/work/Qwen2.5-VL-72B-Instruct"]
+
+
+def test_tp_defaults_to_gpu_count_and_must_fit() -> None:
+    assert plan(procedure_spec(tensor_parallel_size=None, gpus="0,1")).tensor_parallel_size == 2
+    with pytest.raises(InvalidSpec, match="needs 8 GPUs but 2"):
+        plan(procedure_spec(gpus="0,1"))
+
+
+def test_no_nvidia_runtime_names_the_toolkit() -> None:
+    inv = Inventory(gpus=GPU8.gpus, gpu_runtime=False)
+    with pytest.raises(RuntimeUnavailable) as e:
+        plan(procedure_spec(), inv)
+    assert "nvidia-container-toolkit" in e.value.hint
+
+
+def test_missing_image() -> None:
+    with pytest.raises(ImageMissing) as e:
+        plan(procedure_spec(), image_present=False)
+    assert "docker pull" in e.value.hint and "docker load" in e.value.hint
+
+
+def test_dry_run_renders_despite_problems() -> None:
+    p = plan(procedure_spec(gpus="0,9"), Inventory(), image_present=False, strict=False)
+    assert p.gpus == (0, 9)
+    assert any("NVIDIA runtime" in x for x in p.problems)
+    assert any("does not exist" in x or "no GPU" in x for x in p.problems)
+    assert any("not present" in x for x in p.problems)
+    assert p.argv[:2] == ["vllm", "serve"]
+
+
+def test_vllm_needs_gpus() -> None:
+    with pytest.raises(InvalidSpec, match="needs at least one GPU"):
+        plan(procedure_spec(gpus="none", tensor_parallel_size=None))
+
+
+def test_cpu_engine_needs_no_gpu_runtime() -> None:
+    spec = DeploymentSpec.create("/m/tiny", engine="transformers", network="bridge")
+    p = plan(spec, Inventory(), model_dir="/m/tiny")
+    assert p.gpus == () and p.container.gpu_ids == ()
+    assert p.container.ports == {p.port: p.port}
+    assert p.served_name == "/work/tiny"

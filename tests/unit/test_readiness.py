@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+from llmdock.engines import get_engine
+from llmdock.errors import EngineFailed, ReadinessTimeout
+from llmdock.readiness import current_phase, diagnose, wait_ready
+from llmdock.runtimes.base import Deployment
+from tests.support.memruntime import MemoryRuntime
+
+
+@pytest.mark.parametrize(
+    ("line", "engine", "cause"),
+    [
+        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "vllm", "does not fit in GPU memory"),
+        ("ERROR: [Errno 98] error while attempting to bind on address ('0.0.0.0', 8001): address already in use",
+         "vllm", "port is already taken"),
+        ("vllm serve: error: unrecognized arguments: --bogus", "vllm", "does not know one of the flags"),
+        ("Error: No such option: --bogus", "transformers", "does not know one of the flags"),
+        ("ValueError: Model architectures ['FooForCausalLM'] are not supported for now.", "vllm",
+         "does not support this model's architecture"),
+        ("RuntimeError: Found no NVIDIA driver on your system.", "vllm", "sees no usable GPU"),
+        ("ValueError: Total number of attention heads (28) must be divisible by tensor parallel size (8).", "vllm",
+         "does not divide"),
+        ("ValueError: The model's max seq len (131072) is larger than the maximum number of tokens that can be "
+         "stored in KV cache (60000).", "vllm", "cannot hold one sequence"),
+    ],
+)
+def test_diagnose_known_failures(line: str, engine: str, cause: str) -> None:
+    diag = diagnose(["INFO starting", line, "Traceback end"], get_engine(engine))
+    assert diag is not None and cause in diag.cause and diag.fix and line.strip() == diag.line
+
+
+def test_diagnose_unknown_is_none() -> None:
+    assert diagnose(["all fine", "then it stopped"], get_engine("vllm")) is None
+
+
+@pytest.mark.parametrize(
+    ("lines", "phase"),
+    [
+        (["INFO Starting to load model /work/x..."], "loading weights"),
+        (["Loading model weights took 67.8 GiB", "INFO # GPU blocks: 1000"], "allocating KV cache"),
+        (["Capturing CUDA graphs (mixed prefill-decode, PIECEWISE): 50%"], "capturing CUDA graphs"),
+        (["nothing known"], None),
+    ],
+)
+def test_current_phase(lines: list[str], phase: str | None) -> None:
+    assert current_phase(lines, get_engine("vllm")) == phase
+
+
+class Engine(http.server.BaseHTTPRequestHandler):
+    models = ["/work/m"]
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = b'{"status":"ok"}' if self.path == "/health" else json.dumps(
+            {"data": [{"id": m} for m in self.models]}
+        ).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[http.server.ThreadingHTTPServer]:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Engine)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def running(port: int, served: str = "/work/m") -> Deployment:
+    return Deployment(name="d", state="running", engine="vllm", port=port, served_name=served)
+
+
+def test_ready_when_health_and_models_answer(server: http.server.ThreadingHTTPServer) -> None:
+    rt = MemoryRuntime()
+    rt.deployments["d"] = running(server.server_address[1])
+    assert wait_ready(rt, "d", get_engine("vllm"), timeout=5) < 1
+
+
+def test_health_alone_is_not_ready(server: http.server.ThreadingHTTPServer) -> None:
+    rt = MemoryRuntime()
+    rt.deployments["d"] = running(server.server_address[1], served="other-name")
+    with pytest.raises(ReadinessTimeout) as e:
+        wait_ready(rt, "d", get_engine("vllm"), timeout=0.5)
+    assert "logs -f d" in e.value.hint
+
+
+def test_exit_stops_waiting_at_once_with_diagnosis() -> None:
+    rt = MemoryRuntime()
+    rt.deployments["d"] = replace(running(1), state="exited", exit_code=2)
+    rt.log_lines["d"] = ["usage: vllm serve", "vllm serve: error: unrecognized arguments: --bogus"]
+    t0 = time.monotonic()
+    with pytest.raises(EngineFailed) as e:
+        wait_ready(rt, "d", get_engine("vllm"), timeout=600)
+    assert time.monotonic() - t0 < 1
+    assert "exited with code 2" in e.value.message and "flags" in e.value.message
+    assert e.value.log_tail[-1].endswith("--bogus")
+
+
+def test_restarting_counts_as_dead() -> None:
+    rt = MemoryRuntime()
+    rt.deployments["d"] = replace(running(1), restart_count=1)
+    with pytest.raises(EngineFailed, match="before it became ready"):
+        wait_ready(rt, "d", get_engine("vllm"), timeout=600)
+
+
+def test_phases_are_reported() -> None:
+    rt = MemoryRuntime()
+    rt.deployments["d"] = running(1)
+    rt.log_lines["d"] = ["Starting to load model /work/m"]
+    seen: list[str] = []
+    with pytest.raises(ReadinessTimeout, match="loading weights"):
+        wait_ready(rt, "d", get_engine("vllm"), timeout=1.2, on_phase=seen.append)
+    assert seen == ["loading weights"]

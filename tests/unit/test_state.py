@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from llmdock.state import Store, migrate
+from llmdock.state.migrations import MIGRATIONS
+
+
+def test_migrate_empty_db_creates_schema_once() -> None:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    assert migrate(db) == [n for n, _ in MIGRATIONS]
+    assert migrate(db) == []
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"_migrations", "deployments", "events", "engine_versions"} <= tables
+    cols = [r[1] for r in db.execute("PRAGMA table_info(deployments)")]
+    assert cols == ["name", "spec", "spec_hash", "runtime", "created_at", "updated_at"]
+
+
+def test_migrations_are_numbered_in_order() -> None:
+    numbers = [n for n, _ in MIGRATIONS]
+    assert numbers == list(range(1, len(numbers) + 1))
+
+
+def test_store_round_trip(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.save_deployment("a", {"x": 1}, "h1")
+    store.save_deployment("a", {"x": 2}, "h2")
+    assert store.deployment("a") == {"spec": {"x": 2}, "spec_hash": "h2", "runtime": "docker"}
+    store.record("a", "created")
+    store.record("a", "ready", "1.0s")
+    assert [k for _, k, _ in store.events("a")] == ["created", "ready"]
+    store.save_engine_version("sha256:1", "vllm", "0.7.2")
+    assert store.engine_version("sha256:1", "vllm") == "0.7.2"
+    assert store.engine_version("sha256:1", "sglang") is None
+    store.delete_deployment("a")
+    assert store.deployment("a") is None and store.deployment_names() == []
+    store.close()
+    assert Store(tmp_path / "s.db").engine_version("sha256:1", "vllm") == "0.7.2"  # persisted
