@@ -6,6 +6,7 @@ loudly rather than skip when it is missing, so CI cannot pass by testing nothing
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -64,15 +65,18 @@ def name(docker_client: Any) -> Iterator[str]:
 
     n = f"t-{uuid.uuid4().hex[:8]}"
     yield n
-    try:
+    with contextlib.suppress(docker.errors.NotFound):
         docker_client.containers.get(n).remove(force=True)
-    except docker.errors.NotFound:
-        pass
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run the real ``llmdock`` command line in a subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "llmdock.cli.main", *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {}), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {}), "COLUMNS": "200"},
     )

@@ -62,18 +62,17 @@ def resolve_model_dir(model: str) -> Path:
             "give the directory that holds config.json and the weights (e.g. /data/models/Qwen2.5-7B-Instruct)",
         )
     if not path.is_dir() or not (path / "config.json").is_file():
-        raise InvalidSpec(f"{model!r} has no config.json", "point MODEL at the directory that holds config.json")
+        raise InvalidSpec(
+            f"{model!r} has no config.json", "point MODEL at the directory that holds config.json"
+        )
     return path.resolve()
 
 
 def detect_gpus() -> tuple[Gpu, ...]:
     """GPUs through NVML; none when NVML (nvidia-ml-py or the driver) is absent."""
-    try:
-        from llmdock import gpuinfo
+    from llmdock.gpuinfo import detect_gpus as detect
 
-        return tuple(gpuinfo.detect())
-    except (ImportError, AttributeError):
-        return ()
+    return detect()[0]
 
 
 class Lifecycle:
@@ -84,7 +83,7 @@ class Lifecycle:
 
     # ---- inventory -------------------------------------------------------------------------------
     def inventory(self, *, exclude_port: int | None = None) -> Inventory:
-        deployments = self.runtime.list()
+        deployments = self.runtime.deployments()
         holdings = tuple(
             Holding(d.name, d.port, d.gpus if d.state in ("running", "restarting", "created") else ())
             for d in deployments
@@ -197,7 +196,7 @@ class Lifecycle:
     def _check_gpus_free(self, dep: Deployment) -> None:
         if dep.spec.get("share_gpus"):
             return
-        for other in self.runtime.list():
+        for other in self.runtime.deployments():
             clash = set(other.gpus) & set(dep.gpus)
             if other.name != dep.name and other.running and clash:
                 raise GpuUnavailable(
@@ -207,7 +206,7 @@ class Lifecycle:
 
     # ---- the other verbs -------------------------------------------------------------------------------
     def ps(self) -> list[Deployment]:
-        return self.runtime.list()
+        return self.runtime.deployments()
 
     def get(self, name: str) -> Deployment:
         dep = self.runtime.get(name)
@@ -221,7 +220,11 @@ class Lifecycle:
         self.store.record(name, "stopped")
 
     def start(
-        self, name: str, *, wait: bool = True, timeout: float = DEFAULT_TIMEOUT_S,
+        self,
+        name: str,
+        *,
+        wait: bool = True,
+        timeout: float = DEFAULT_TIMEOUT_S,
         on_phase: Callable[[str], None] | None = None,
     ) -> float | None:
         dep = self.get(name)
@@ -233,7 +236,11 @@ class Lifecycle:
         return self._wait(dep, wait, timeout, on_phase)
 
     def restart(
-        self, name: str, *, wait: bool = True, timeout: float = DEFAULT_TIMEOUT_S,
+        self,
+        name: str,
+        *,
+        wait: bool = True,
+        timeout: float = DEFAULT_TIMEOUT_S,
         on_phase: Callable[[str], None] | None = None,
     ) -> float | None:
         dep = self.get(name)
@@ -255,7 +262,8 @@ class Lifecycle:
         dep = self.get(name)
         if dep.running and not force:
             raise LlmdockError(
-                f"{name!r} is running", f"stop it first (`llmdock stop {name}`) or remove it anyway with `rm -f`"
+                f"{name!r} is running",
+                f"stop it first (`llmdock stop {name}`) or remove it anyway with `rm -f`",
             )
         self.runtime.remove(name, force=True)
         self.store.delete_deployment(name)
@@ -268,5 +276,7 @@ class Lifecycle:
             "deployment": {k: v for k, v in vars(dep).items() if k != "spec"},
             "spec": dep.spec or (stored or {}).get("spec", {}),
             "in_store": stored is not None,
-            "events": [{"at": at, "kind": kind, "detail": detail} for at, kind, detail in self.store.events(name)],
+            "events": [
+                {"at": at, "kind": kind, "detail": detail} for at, kind, detail in self.store.events(name)
+            ],
         }

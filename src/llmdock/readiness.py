@@ -81,7 +81,9 @@ def wait_ready(
     while True:
         dep = runtime.get(name)
         if dep is None:
-            raise NotFound(f"deployment {name!r} disappeared while starting", "someone removed it; run `up` again")
+            raise NotFound(
+                f"deployment {name!r} disappeared while starting", "someone removed it; run `up` again"
+            )
         if dep.dead:
             raise failed(dep, read_tail(name, LOG_TAIL), engine)
         if dep.port is not None and probe(dep.port, dep.health_path, dep.served_name):

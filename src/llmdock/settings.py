@@ -43,9 +43,18 @@ KEYS: dict[str, Key] = {
     for k in [
         Key("models_dir", "LLMDOCK_MODELS_DIR", "", "where weights live (default: $LLMDOCK_HOME/models)"),
         Key("port_range", "LLMDOCK_PORT_RANGE", "8001-8999", "ports that --port auto picks from"),
-        Key("docker_host", "LLMDOCK_DOCKER_HOST", "", "Docker daemon URL (default: DOCKER_HOST or the socket)"),
-        Key("image.vllm", "LLMDOCK_IMAGE_VLLM", "vllm/vllm-openai:v0.11.0", "default image for --engine vllm"),
-        Key("image.sglang", "LLMDOCK_IMAGE_SGLANG", "lmsysorg/sglang:v0.5.4", "default image for --engine sglang"),
+        Key(
+            "docker_host", "LLMDOCK_DOCKER_HOST", "", "Docker daemon URL (default: DOCKER_HOST or the socket)"
+        ),
+        Key(
+            "image.vllm", "LLMDOCK_IMAGE_VLLM", "vllm/vllm-openai:v0.11.0", "default image for --engine vllm"
+        ),
+        Key(
+            "image.sglang",
+            "LLMDOCK_IMAGE_SGLANG",
+            "lmsysorg/sglang:v0.5.4",
+            "default image for --engine sglang",
+        ),
         Key(
             "image.transformers",
             "LLMDOCK_IMAGE_TRANSFORMERS",
@@ -143,7 +152,11 @@ class Settings:
 
     @property
     def models_dir(self) -> Path:
-        return Path(self.values["models_dir"]).expanduser() if self.values["models_dir"] else self.home / "models"
+        return (
+            Path(self.values["models_dir"]).expanduser()
+            if self.values["models_dir"]
+            else self.home / "models"
+        )
 
     @property
     def port_range(self) -> tuple[int, int]:

@@ -34,7 +34,9 @@ def parse_port(text: str | int) -> int | None:
         try:
             port = int(text)
         except ValueError:
-            raise InvalidSpec(f"--port {text!r} is not a number", "give --port N (1-65535) or --port auto") from None
+            raise InvalidSpec(
+                f"--port {text!r} is not a number", "give --port N (1-65535) or --port auto"
+            ) from None
         if not 1 <= port <= 65535:
             raise InvalidSpec(f"--port {port} is outside 1-65535", "give --port N (1-65535) or --port auto")
         return port
@@ -65,7 +67,9 @@ def parse_limit_mm(text: str | None) -> dict[str, int] | None:
     limits: dict[str, int] = {}
     for key, value in items:
         if not re.fullmatch(r"[a-z_]+", str(key)):
-            raise InvalidSpec(f"--limit-mm-per-prompt modality {key!r} is not a name like image or video", hint)
+            raise InvalidSpec(
+                f"--limit-mm-per-prompt modality {key!r} is not a name like image or video", hint
+            )
         try:
             n = int(value)
         except (TypeError, ValueError):

@@ -62,7 +62,9 @@ def test_up_chat_logs_stop_start_rm(home: Path, engine_image: str, tiny_model: P
     assert inspect.returncode == 1 and "no deployment named" in inspect.stderr
 
 
-def test_bad_engine_flag_fails_fast_with_diagnosis(home: Path, engine_image: str, tiny_model: Path, name: str) -> None:
+def test_bad_engine_flag_fails_fast_with_diagnosis(
+    home: Path, engine_image: str, tiny_model: Path, name: str
+) -> None:
     t0 = time.monotonic()
     up = cli("up", str(tiny_model), "--engine", "transformers", "--name", name, "--", "--no-such-flag")
     assert up.returncode == 1
@@ -71,7 +73,9 @@ def test_bad_engine_flag_fails_fast_with_diagnosis(home: Path, engine_image: str
     assert ps()[name]["state"] == "exited"  # kept, stopped, so its log can be read
 
 
-def test_taken_port_is_refused_and_nothing_created(home: Path, engine_image: str, tiny_model: Path, name: str) -> None:
+def test_taken_port_is_refused_and_nothing_created(
+    home: Path, engine_image: str, tiny_model: Path, name: str
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -81,28 +85,67 @@ def test_taken_port_is_refused_and_nothing_created(home: Path, engine_image: str
     assert name not in ps()
 
 
-def test_missing_image_and_gpu_without_runtime(home: Path, engine_image: str, tiny_model: Path, name: str) -> None:
-    missing = cli("up", str(tiny_model), "--engine", "transformers", "--name", name, "--image", "llmdock/nope:0")
+def test_missing_image_and_gpu_without_runtime(
+    home: Path, engine_image: str, tiny_model: Path, name: str
+) -> None:
+    missing = cli(
+        "up", str(tiny_model), "--engine", "transformers", "--name", name, "--image", "llmdock/nope:0"
+    )
     assert missing.returncode == 1 and "docker pull llmdock/nope:0" in missing.stderr
-    gpu = cli("up", str(tiny_model), "--engine", "vllm", "--image", engine_image, "--name", name, "--gpus", "all")
+    gpu = cli(
+        "up", str(tiny_model), "--engine", "vllm", "--image", engine_image, "--name", name, "--gpus", "all"
+    )
     assert gpu.returncode == 1 and "nvidia-container-toolkit" in gpu.stderr
     assert name not in ps()
 
 
 def test_procedure_dry_run_json(home: Path, tiny_model: Path, docker_client: Any) -> None:
     args = [
-        "up", str(tiny_model), "--name", "qwen2.5-vl-72b", "--engine", "vllm", "--port", "8001", "--dtype", "bfloat16",
-        "--limit-mm-per-prompt", "image=5,video=5", "--tensor-parallel-size", "8", "--gpu_memory_utilization", "0.9",
-        "--max-model-len", "73480", "--gpus", "all", "--image", "qwenllm/qwenvl:2.5-cu121", "--dry-run", "--json",
+        "up",
+        str(tiny_model),
+        "--name",
+        "qwen2.5-vl-72b",
+        "--engine",
+        "vllm",
+        "--port",
+        "8001",
+        "--dtype",
+        "bfloat16",
+        "--limit-mm-per-prompt",
+        "image=5,video=5",
+        "--tensor-parallel-size",
+        "8",
+        "--gpu_memory_utilization",
+        "0.9",
+        "--max-model-len",
+        "73480",
+        "--gpus",
+        "all",
+        "--image",
+        "qwenllm/qwenvl:2.5-cu121",
+        "--dry-run",
+        "--json",
     ]
     done = cli(*args)
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
     # The image is absent, so its vLLM version is unknown: the newest (JSON) syntax is rendered.
     assert plan["command"] == [
-        "vllm", "serve", "/work/tiny-qwen", "--port", "8001", "--dtype", "bfloat16", "--limit-mm-per-prompt",
-        '{"image":5,"video":5}', "--tensor-parallel-size", "8", "--gpu-memory-utilization", "0.9",
-        "--max-model-len", "73480",
+        "vllm",
+        "serve",
+        "/work/tiny-qwen",
+        "--port",
+        "8001",
+        "--dtype",
+        "bfloat16",
+        "--limit-mm-per-prompt",
+        '{"image":5,"video":5}',
+        "--tensor-parallel-size",
+        "8",
+        "--gpu-memory-utilization",
+        "0.9",
+        "--max-model-len",
+        "73480",
     ]
     c = plan["container"]
     assert c["image"] == "qwenllm/qwenvl:2.5-cu121" and c["name"] == "qwen2.5-vl-72b"
@@ -122,8 +165,20 @@ def test_cli_killed_during_up_leaves_a_deployment_ps_shows(
     home: Path, engine_image: str, tiny_model: Path, name: str, docker_client: Any
 ) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmdock.cli.main", "up", str(tiny_model), "--engine", "transformers", "--name", name],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
+        [
+            sys.executable,
+            "-m",
+            "llmdock.cli.main",
+            "up",
+            str(tiny_model),
+            "--engine",
+            "transformers",
+            "--name",
+            name,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ},
     )
     deadline = time.monotonic() + 60
     while not docker_client.containers.list(all=True, filters={"name": name}) and time.monotonic() < deadline:
@@ -135,7 +190,9 @@ def test_cli_killed_during_up_leaves_a_deployment_ps_shows(
     assert docker_client.containers.list(all=True, filters={"name": name}) == []
 
 
-def test_ps_and_up_work_without_the_database(home: Path, engine_image: str, tiny_model: Path, name: str) -> None:
+def test_ps_and_up_work_without_the_database(
+    home: Path, engine_image: str, tiny_model: Path, name: str
+) -> None:
     args = ["up", str(tiny_model), "--engine", "transformers", "--name", name, "--no-wait"]
     assert cli(*args).returncode == 0
     (home / "state.db").unlink()
@@ -158,7 +215,9 @@ def test_ps_and_up_work_without_the_database(home: Path, engine_image: str, tiny
         (["config", "set", "colour", "red"], "unknown setting"),
     ],
 )
-def test_bad_input_is_one_line_and_a_hint(home: Path, docker_client: Any, args: list[str], fragment: str) -> None:
+def test_bad_input_is_one_line_and_a_hint(
+    home: Path, docker_client: Any, args: list[str], fragment: str
+) -> None:
     done = cli(*args)
     assert done.returncode == 1
     assert fragment in done.stderr and "hint:" in done.stderr and "Traceback" not in done.stderr

@@ -13,21 +13,30 @@ from llmdock.runtimes.docker import DockerRuntime, connect
 
 def config(name: str, image: str, command: list[str], mounts: tuple[Mount, ...] = ()) -> ContainerConfig:
     labels = labels_for(
-        name=name, model="/m", engine="transformers", port=8999, gpus=(), spec_hash="h", spec={"name": name},
-        served_name="/work/m", health_path="/health",
+        name=name,
+        model="/m",
+        engine="transformers",
+        port=8999,
+        gpus=(),
+        spec_hash="h",
+        spec={"name": name},
+        served_name="/work/m",
+        health_path="/health",
     )
     return ContainerConfig(
         image=image, name=name, entrypoint=command[:1], command=command[1:], labels=labels, mounts=mounts
     )
 
 
-def test_create_list_logs_stop_start_remove(docker_client: Any, engine_image: str, name: str, tmp_path: Any) -> None:
+def test_create_list_logs_stop_start_remove(
+    docker_client: Any, engine_image: str, name: str, tmp_path: Any
+) -> None:
     rt = DockerRuntime(docker_client)
     (tmp_path / "f").write_text("x")
     script = "import os,time; print('hello', flush=True); open('/work/m/f').read(); time.sleep(600)"
     dep = rt.create(config(name, engine_image, ["python3", "-c", script], (Mount(str(tmp_path), "/work/m"),)))
     assert dep.running and dep.port == 8999 and dep.spec == {"name": name}
-    assert name in [d.name for d in rt.list()]
+    assert name in [d.name for d in rt.deployments()]
     inspect = docker_client.api.inspect_container(name)
     assert inspect["HostConfig"]["IpcMode"] == "host" and inspect["HostConfig"]["NetworkMode"] == "host"
     assert inspect["HostConfig"]["Privileged"] is False

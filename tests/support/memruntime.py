@@ -19,7 +19,7 @@ class MemoryRuntime:
         self.probes: list[str] = []
         self.versions: dict[str, str] = {}
 
-    def list(self) -> list[Deployment]:
+    def deployments(self) -> list[Deployment]:
         return sorted(self.deployments.values(), key=lambda d: d.name)
 
     def get(self, name: str) -> Deployment | None:

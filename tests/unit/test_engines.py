@@ -11,8 +11,14 @@ from llmdock.errors import InvalidSpec
 from llmdock.spec import DeploymentSpec
 
 PROCEDURE = dict(
-    engine="vllm", port="8001", dtype="bfloat16", limit_mm_per_prompt="image=5,video=5", tensor_parallel_size=8,
-    gpu_memory_utilization=0.9, max_model_len=73480, gpus="all",
+    engine="vllm",
+    port="8001",
+    dtype="bfloat16",
+    limit_mm_per_prompt="image=5,video=5",
+    tensor_parallel_size=8,
+    gpu_memory_utilization=0.9,
+    max_model_len=73480,
+    gpus="all",
 )
 
 
@@ -24,10 +30,23 @@ def test_vllm_renders_the_procedure_command_exactly() -> None:
     """The wiki's `nohup vllm serve ...` line, with the image's old vLLM (key=value syntax)."""
     spec = DeploymentSpec.create("/home/online/models/Qwen2.5-VL-72B-Instruct", **PROCEDURE)  # type: ignore[arg-type]
     argv = get_engine("vllm").argv(launch(spec, "0.7.2", tp=8))
-    assert argv == (
-        "vllm serve /work/Qwen2.5-VL-72B-Instruct --port 8001 --dtype bfloat16 --limit-mm-per-prompt image=5,video=5 "
-        "--tensor-parallel-size 8 --gpu-memory-utilization 0.9 --max-model-len 73480"
-    ).split()
+    assert argv == [
+        "vllm",
+        "serve",
+        "/work/Qwen2.5-VL-72B-Instruct",
+        "--port",
+        "8001",
+        "--dtype",
+        "bfloat16",
+        "--limit-mm-per-prompt",
+        "image=5,video=5",
+        "--tensor-parallel-size",
+        "8",
+        "--gpu-memory-utilization",
+        "0.9",
+        "--max-model-len",
+        "73480",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -61,14 +80,35 @@ def test_vllm_extra_args_served_name_and_bridge() -> None:
 
 def test_sglang_argv() -> None:
     spec = DeploymentSpec.create(
-        "/m/Qwen3-8B", engine="sglang", port=30000, dtype="bfloat16", gpu_memory_utilization=0.85,
-        max_model_len=32768, served_model_name="q",
+        "/m/Qwen3-8B",
+        engine="sglang",
+        port=30000,
+        dtype="bfloat16",
+        gpu_memory_utilization=0.85,
+        max_model_len=32768,
+        served_model_name="q",
     )
     argv = get_engine("sglang").argv(launch(spec, tp=2))
     assert argv == [
-        "python3", "-m", "sglang.launch_server", "--model-path", "/work/Qwen3-8B", "--host", "0.0.0.0",
-        "--port", "30000", "--served-model-name", "q", "--dtype", "bfloat16", "--tp-size", "2",
-        "--mem-fraction-static", "0.85", "--context-length", "32768",
+        "python3",
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        "/work/Qwen3-8B",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "30000",
+        "--served-model-name",
+        "q",
+        "--dtype",
+        "bfloat16",
+        "--tp-size",
+        "2",
+        "--mem-fraction-static",
+        "0.85",
+        "--context-length",
+        "32768",
     ]
 
 
@@ -76,14 +116,28 @@ def test_transformers_argv_on_cpu() -> None:
     spec = DeploymentSpec.create("/m/tiny", engine="transformers", port=8100)
     argv = get_engine("transformers").argv(launch(spec))
     assert argv == [
-        "transformers", "serve", "/work/tiny", "--host", "127.0.0.1", "--port", "8100", "--device", "cpu",
-        "--log-level", "info",
+        "transformers",
+        "serve",
+        "/work/tiny",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8100",
+        "--device",
+        "cpu",
+        "--log-level",
+        "info",
     ]
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"served_model_name": "x"}, {"max_model_len": 10}, {"gpu_memory_utilization": 0.5}, {"limit_mm_per_prompt": "image=1"}],
+    [
+        {"served_model_name": "x"},
+        {"max_model_len": 10},
+        {"gpu_memory_utilization": 0.5},
+        {"limit_mm_per_prompt": "image=1"},
+    ],
 )
 def test_transformers_refuses_flags_it_cannot_honour(kwargs: dict[str, object]) -> None:
     spec = DeploymentSpec.create("/m/tiny", engine="transformers", **kwargs)  # type: ignore[arg-type]
@@ -98,7 +152,8 @@ def test_version_probe_prints_the_package_version() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "parsed"), [("0.8.5.post1", (0, 8, 5)), ("0.10", (0, 10, 0)), ("v1", None), ("", None), (None, None)]
+    ("text", "parsed"),
+    [("0.8.5.post1", (0, 8, 5)), ("0.10", (0, 10, 0)), ("v1", None), ("", None), (None, None)],
 )
 def test_parse_version(text: str | None, parsed: tuple[int, ...] | None) -> None:
     assert parse_version(text) == parsed

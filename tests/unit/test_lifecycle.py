@@ -41,7 +41,7 @@ def test_up_then_same_spec_is_a_no_op(lc: Lifecycle, model: str) -> None:
     assert first.action == "created" and first.plan.port >= 8001
     again = lc.up(spec(model), wait=False)
     assert again.action == "unchanged"
-    assert len(lc.runtime.list()) == 1
+    assert len(lc.runtime.deployments()) == 1
     assert [k for _, k, _ in lc.store.events("t")] == ["created"]
 
 
@@ -77,7 +77,7 @@ def test_refusals_change_nothing(lc: Lifecycle, model: str) -> None:
         lc.up(DeploymentSpec.create(model, name="v", engine="transformers", image="nope:1"), wait=False)
     with pytest.raises(NotFound):
         lc.up(DeploymentSpec.create(model + "-missing", name="w", engine="transformers"), wait=False)
-    assert [d.name for d in lc.runtime.list()] == ["t"]
+    assert [d.name for d in lc.runtime.deployments()] == ["t"]
     assert lc.store.deployment_names() == ["t"]
 
 
@@ -100,7 +100,7 @@ def test_rm_running_needs_force(lc: Lifecycle, model: str) -> None:
     with pytest.raises(LlmdockError, match="is running"):
         lc.rm("t")
     lc.rm("t", force=True)
-    assert lc.runtime.list() == [] and lc.store.deployment("t") is None
+    assert lc.runtime.deployments() == [] and lc.store.deployment("t") is None
     with pytest.raises(NotFound):
         lc.rm("t")
 
@@ -108,4 +108,4 @@ def test_rm_running_needs_force(lc: Lifecycle, model: str) -> None:
 def test_dry_run_creates_nothing(lc: Lifecycle, model: str) -> None:
     result = lc.up(spec(model), dry_run=True)
     assert result.action == "dry-run" and result.to_dict()["docker_run"].startswith("docker run -d --name t")
-    assert lc.runtime.list() == [] and lc.store.deployment_names() == []
+    assert lc.runtime.deployments() == [] and lc.store.deployment_names() == []

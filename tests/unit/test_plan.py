@@ -17,15 +17,24 @@ GPU8 = Inventory(gpus=tuple(Gpu(i) for i in range(8)), gpu_runtime=True)
 
 def procedure_spec(**over: object) -> DeploymentSpec:
     kwargs: dict[str, object] = dict(
-        name="qwen2.5-vl-72b", engine="vllm", port="8001", dtype="bfloat16", limit_mm_per_prompt="image=5,video=5",
-        tensor_parallel_size=8, gpu_memory_utilization=0.9, max_model_len=73480, gpus="all",
+        name="qwen2.5-vl-72b",
+        engine="vllm",
+        port="8001",
+        dtype="bfloat16",
+        limit_mm_per_prompt="image=5,video=5",
+        tensor_parallel_size=8,
+        gpu_memory_utilization=0.9,
+        max_model_len=73480,
+        gpus="all",
     )
     kwargs.update(over)
     return DeploymentSpec.create(MODEL, **kwargs)  # type: ignore[arg-type]
 
 
 def plan(spec: DeploymentSpec, inv: Inventory = GPU8, **kw: object):  # type: ignore[no-untyped-def]
-    args: dict[str, object] = dict(model_dir=MODEL, image=IMAGE, port_range=(8001, 8999), engine_version="0.7.3")
+    args: dict[str, object] = dict(
+        model_dir=MODEL, image=IMAGE, port_range=(8001, 8999), engine_version="0.7.3"
+    )
     args.update(kw)
     return make_plan(spec, inv, **args)  # type: ignore[arg-type]
 

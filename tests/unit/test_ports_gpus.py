@@ -44,7 +44,9 @@ def test_parse_gpus_rejects(text: str) -> None:
         ("none", (), False, ()),
     ],
 )
-def test_choose_gpus(text: str, holdings: tuple[Holding, ...], share: bool, expected: tuple[int, ...]) -> None:
+def test_choose_gpus(
+    text: str, holdings: tuple[Holding, ...], share: bool, expected: tuple[int, ...]
+) -> None:
     inv = Inventory(gpus=EIGHT, holdings=holdings)
     assert choose_gpus(parse_gpus(text), inv, owner="me", share=share) == expected
 
@@ -86,7 +88,10 @@ RANGE = (8001, 8010)
     ],
 )
 def test_choose_port(
-    requested: int | None, listening: set[int], holdings: tuple[Holding, ...], ephemeral: tuple[int, int],
+    requested: int | None,
+    listening: set[int],
+    holdings: tuple[Holding, ...],
+    ephemeral: tuple[int, int],
     expected: int | None,
 ) -> None:
     inv = Inventory(listening_ports=frozenset(listening), holdings=holdings, ephemeral_ports=ephemeral)

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import ClassVar
 
 import pytest
 
@@ -19,18 +20,35 @@ from tests.support.memruntime import MemoryRuntime
 @pytest.mark.parametrize(
     ("line", "engine", "cause"),
     [
-        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "vllm", "does not fit in GPU memory"),
-        ("ERROR: [Errno 98] error while attempting to bind on address ('0.0.0.0', 8001): address already in use",
-         "vllm", "port is already taken"),
+        (
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+            "vllm",
+            "does not fit in GPU memory",
+        ),
+        (
+            "ERROR: [Errno 98] error while attempting to bind on address ('0.0.0.0', 8001): address already in use",
+            "vllm",
+            "port is already taken",
+        ),
         ("vllm serve: error: unrecognized arguments: --bogus", "vllm", "does not know one of the flags"),
         ("Error: No such option: --bogus", "transformers", "does not know one of the flags"),
-        ("ValueError: Model architectures ['FooForCausalLM'] are not supported for now.", "vllm",
-         "does not support this model's architecture"),
+        (
+            "ValueError: Model architectures ['FooForCausalLM'] are not supported for now.",
+            "vllm",
+            "does not support this model's architecture",
+        ),
         ("RuntimeError: Found no NVIDIA driver on your system.", "vllm", "sees no usable GPU"),
-        ("ValueError: Total number of attention heads (28) must be divisible by tensor parallel size (8).", "vllm",
-         "does not divide"),
-        ("ValueError: The model's max seq len (131072) is larger than the maximum number of tokens that can be "
-         "stored in KV cache (60000).", "vllm", "cannot hold one sequence"),
+        (
+            "ValueError: Total number of attention heads (28) must be divisible by tensor parallel size (8).",
+            "vllm",
+            "does not divide",
+        ),
+        (
+            "ValueError: The model's max seq len (131072) is larger than the maximum number of tokens that can be "
+            "stored in KV cache (60000).",
+            "vllm",
+            "cannot hold one sequence",
+        ),
     ],
 )
 def test_diagnose_known_failures(line: str, engine: str, cause: str) -> None:
@@ -56,12 +74,14 @@ def test_current_phase(lines: list[str], phase: str | None) -> None:
 
 
 class Engine(http.server.BaseHTTPRequestHandler):
-    models = ["/work/m"]
+    models: ClassVar[list[str]] = ["/work/m"]
 
-    def do_GET(self) -> None:  # noqa: N802
-        body = b'{"status":"ok"}' if self.path == "/health" else json.dumps(
-            {"data": [{"id": m} for m in self.models]}
-        ).encode()
+    def do_GET(self) -> None:
+        body = (
+            b'{"status":"ok"}'
+            if self.path == "/health"
+            else json.dumps({"data": [{"id": m} for m in self.models]}).encode()
+        )
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()

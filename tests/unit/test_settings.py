@@ -11,7 +11,9 @@ from llmdock.errors import ConfigError
 def test_precedence_default_file_env(tmp_path: Path) -> None:
     env = {"LLMDOCK_HOME": str(tmp_path)}
     assert settings.load(env).get("image.vllm") == settings.KEYS["image.vllm"].default
-    settings.write_file(settings.config_path(env), {"image.vllm": "qwenllm/qwenvl:2.5-cu121", "port_range": "9000-9100"})
+    settings.write_file(
+        settings.config_path(env), {"image.vllm": "qwenllm/qwenvl:2.5-cu121", "port_range": "9000-9100"}
+    )
     s = settings.load(env)
     assert s.image("vllm") == "qwenllm/qwenvl:2.5-cu121" and s.sources["image.vllm"] == "config file"
     assert s.port_range == (9000, 9100)
@@ -32,7 +34,11 @@ def test_round_trip_quotes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "fragment"),
-    [("models_dir = [", "not valid TOML"), ('colour = "red"', "unknown setting"), ('port_range = "9-1"', "port range")],
+    [
+        ("models_dir = [", "not valid TOML"),
+        ('colour = "red"', "unknown setting"),
+        ('port_range = "9-1"', "port range"),
+    ],
 )
 def test_bad_file_is_a_clear_error(tmp_path: Path, content: str, fragment: str) -> None:
     (tmp_path / "config.toml").write_text(content)

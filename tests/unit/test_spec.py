@@ -29,7 +29,9 @@ def test_limit_mm_rejects_garbage(text: str) -> None:
     assert "image=5,video=5" in e.value.hint
 
 
-@pytest.mark.parametrize(("text", "expected"), [("auto", None), ("AUTO", None), ("8001", 8001), (65535, 65535)])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("auto", None), ("AUTO", None), ("8001", 8001), (65535, 65535)]
+)
 def test_port(text: str | int, expected: int | None) -> None:
     assert parse_port(text) == expected
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -42,35 +42,43 @@ def phase_status(enabled: bool, what: str) -> Iterator[Callable[[str], None] | N
 def up(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Local weights directory (holding config.json).")],
-    name: Annotated[Optional[str], typer.Option(help="Deployment/container name (default: from MODEL).")] = None,
+    name: Annotated[str | None, typer.Option(help="Deployment/container name (default: from MODEL).")] = None,
     engine: Annotated[str, typer.Option(help="vllm | sglang | transformers.")] = "vllm",
-    image: Annotated[Optional[str], typer.Option(help="Engine image (default per engine, see `config list`).")] = None,
+    image: Annotated[
+        str | None, typer.Option(help="Engine image (default per engine, see `config list`).")
+    ] = None,
     gpus: Annotated[
-        Optional[str], typer.Option(help="all | none | N (a count) | 0,1 (indices; one index: device=3).")
+        str | None, typer.Option(help="all | none | N (a count) | 0,1 (indices; one index: device=3).")
     ] = None,
     port: Annotated[str, typer.Option(help="Port the engine listens on, or auto.")] = "auto",
     tensor_parallel_size: Annotated[
-        Optional[int], typer.Option("--tensor-parallel-size", "--tp", help="GPUs per model copy.")
+        int | None, typer.Option("--tensor-parallel-size", "--tp", help="GPUs per model copy.")
     ] = None,
     gpu_memory_utilization: Annotated[
-        Optional[float],
-        typer.Option("--gpu-memory-utilization", "--gpu_memory_utilization", help="Share of each GPU's memory."),
+        float | None,
+        typer.Option(
+            "--gpu-memory-utilization", "--gpu_memory_utilization", help="Share of each GPU's memory."
+        ),
     ] = None,
     max_model_len: Annotated[
-        Optional[int], typer.Option("--max-model-len", "--max_model_len", help="Context length in tokens.")
+        int | None, typer.Option("--max-model-len", "--max_model_len", help="Context length in tokens.")
     ] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="auto | bfloat16 | float16 | float32 ...")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto | bfloat16 | float16 | float32 ...")] = None,
     limit_mm_per_prompt: Annotated[
-        Optional[str], typer.Option(help='Per-prompt media limits: image=5,video=5 or {"image":5}.')
+        str | None, typer.Option(help='Per-prompt media limits: image=5,video=5 or {"image":5}.')
     ] = None,
-    served_model_name: Annotated[Optional[str], typer.Option(help="Model name clients send.")] = None,
-    env: Annotated[Optional[list[str]], typer.Option("--env", "-e", help="KEY=VALUE for the engine.")] = None,
+    served_model_name: Annotated[str | None, typer.Option(help="Model name clients send.")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE for the engine.")] = None,
     network: Annotated[str, typer.Option(help="host (default, as the procedure) | bridge.")] = "host",
     share_gpus: Annotated[bool, typer.Option(help="Allow GPUs another deployment holds.")] = False,
-    replace: Annotated[bool, typer.Option(help="Replace a deployment of this name with a different spec.")] = False,
+    replace: Annotated[
+        bool, typer.Option(help="Replace a deployment of this name with a different spec.")
+    ] = False,
     wait: Wait = True,
     timeout: Timeout = 3600.0,
-    dry_run: Annotated[bool, typer.Option(help="Show what would be created and run; create nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="Show what would be created and run; create nothing.")
+    ] = False,
     json_out: Json = False,
 ) -> None:
     """Deploy MODEL in a container and wait until it serves. Extra engine flags go after `--`.
@@ -81,10 +89,21 @@ def up(
     from llmdock.spec import DeploymentSpec
 
     spec = DeploymentSpec.create(
-        model, name=name, engine=engine, image=image, gpus=gpus, port=port,
-        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-        max_model_len=max_model_len, dtype=dtype, limit_mm_per_prompt=limit_mm_per_prompt,
-        served_model_name=served_model_name, env=env, network=network, share_gpus=share_gpus,
+        model,
+        name=name,
+        engine=engine,
+        image=image,
+        gpus=gpus,
+        port=port,
+        tensor_parallel_size=tensor_parallel_size,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len,
+        dtype=dtype,
+        limit_mm_per_prompt=limit_mm_per_prompt,
+        served_model_name=served_model_name,
+        env=env,
+        network=network,
+        share_gpus=share_gpus,
         extra_args=list(ctx.args),
     )
     lc = lifecycle()
@@ -107,8 +126,10 @@ def show_up(result: UpResult, json_out: bool) -> None:
     plan = result.plan
     name = plan.spec.name
     if result.action == "dry-run":
-        out.print(f"[bold]would deploy[/bold] {name}: {plan.spec.engine} on "
-                  f"{'GPUs ' + ','.join(map(str, plan.gpus)) if plan.gpus else 'CPU'}, port {plan.port}")
+        out.print(
+            f"[bold]would deploy[/bold] {name}: {plan.spec.engine} on "
+            f"{'GPUs ' + ','.join(map(str, plan.gpus)) if plan.gpus else 'CPU'}, port {plan.port}"
+        )
         for problem in plan.problems:
             out.print(f"[yellow]! {escape(problem)}[/yellow]")
         out.print("[bold]engine command:[/bold]")
@@ -116,7 +137,12 @@ def show_up(result: UpResult, json_out: bool) -> None:
         out.print("[bold]equivalent docker command:[/bold]")
         out.print(escape(docker_run_line(plan.container)))
         return
-    verb = {"unchanged": "already running", "started": "started", "replaced": "replaced", "created": "deployed"}
+    verb = {
+        "unchanged": "already running",
+        "started": "started",
+        "replaced": "replaced",
+        "created": "deployed",
+    }
     ready = f", ready in {result.ready_after_s:.1f}s" if result.ready_after_s is not None else ""
     out.print(f"[green]✓[/green] {name} {verb[result.action]}{ready}")
     out.print(f"  endpoint  {result.url}   model {escape(plan.served_name)}")
@@ -132,7 +158,7 @@ def ps(json_out: Json = False) -> None:
     from llmdock.runtimes.docker import DockerRuntime
     from llmdock.settings import load
 
-    deps = DockerRuntime.connect(load().docker_host).list()
+    deps = DockerRuntime.connect(load().docker_host).deployments()
     if json_out:
         print_json([{k: v for k, v in vars(d).items() if k != "spec"} for d in deps])
         return
@@ -148,7 +174,7 @@ def ps(json_out: Json = False) -> None:
 def logs(
     name: Name,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
-    tail: Annotated[Optional[int], typer.Option("--tail", "-n", help="Only the last N lines.")] = None,
+    tail: Annotated[int | None, typer.Option("--tail", "-n", help="Only the last N lines.")] = None,
 ) -> None:
     """Print the engine's log (what `tail -f nohup.out` showed)."""
     import sys
@@ -179,7 +205,8 @@ def restart(name: Name, wait: Wait = True, timeout: Timeout = 3600.0) -> None:
 
 
 def rm(
-    name: Name, force: Annotated[bool, typer.Option("--force", "-f", help="Remove even when running.")] = False
+    name: Name,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Remove even when running.")] = False,
 ) -> None:
     """Remove a deployment's container and its record (the weights stay)."""
     lifecycle().rm(name, force=force)

@@ -42,15 +42,24 @@ def ensure_base(client: Any, log: Callable[[str], None] = print) -> str:
         return BASE_TAG
     if shutil.which("mmdebstrap") is None:
         raise RuntimeUnavailable(
-            "mmdebstrap is needed to build the base image and is not installed", "run `apt-get install -y mmdebstrap`"
+            "mmdebstrap is needed to build the base image and is not installed",
+            "run `apt-get install -y mmdebstrap`",
         )
     log(f"building {BASE_TAG} with mmdebstrap (about 30 s)")
     with tempfile.TemporaryDirectory(prefix="llmdock-rootfs-") as tmp:
         tar = Path(tmp) / "rootfs.tar"
-        argv = ["mmdebstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates", "bookworm", str(tar)]
+        argv = [
+            "mmdebstrap",
+            "--variant=minbase",
+            "--include=python3,python3-venv,ca-certificates",
+            "bookworm",
+            str(tar),
+        ]
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise LlmdockError(f"mmdebstrap failed: {done.stderr.strip()[-500:]}", "check access to the Debian mirror")
+            raise LlmdockError(
+                f"mmdebstrap failed: {done.stderr.strip()[-500:]}", "check access to the Debian mirror"
+            )
         repo, tag = BASE_TAG.split(":")
         client.api.import_image_from_file(str(tar), repository=repo, tag=tag)
     return BASE_TAG
@@ -75,15 +84,24 @@ def ensure_engine_image(client: Any, tag: str = ENGINE_TAG, log: Callable[[str],
         env["PIP_CERT"] = "/host-ca.crt"
     # Mounts and env go to the build container only (HostConfig, exec), so the commit carries neither.
     container = client.containers.run(
-        base, ["sleep", "infinity"], detach=True, network_mode="host", mounts=mounts,
+        base,
+        ["sleep", "infinity"],
+        detach=True,
+        network_mode="host",
+        mounts=mounts,
         labels={"io.llmdock.build": "true"},
     )
     try:
-        for argv in (["python3", "-m", "venv", VENV], [f"{VENV}/bin/pip", "install", "-q", TORCH, TRANSFORMERS]):
+        for argv in (
+            ["python3", "-m", "venv", VENV],
+            [f"{VENV}/bin/pip", "install", "-q", TORCH, TRANSFORMERS],
+        ):
             code, output = container.exec_run(argv, environment=env)
             if code != 0:
                 tail = bytes(output).decode("utf-8", "replace").strip()[-800:]
-                raise LlmdockError(f"building {tag} failed at {' '.join(argv)}: {tail}", "check access to PyPI")
+                raise LlmdockError(
+                    f"building {tag} failed at {' '.join(argv)}: {tail}", "check access to PyPI"
+                )
         repo, version = tag.rsplit(":", 1)
         container.commit(repository=repo, tag=version, changes=[f"ENV PATH={PATH}", 'CMD ["python3"]'])
     finally:

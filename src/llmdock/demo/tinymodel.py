@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -44,14 +45,14 @@ def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
         vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     bpe.train_from_iterator(CORPUS * 4, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer: Any = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(staging)
 
     torch.manual_seed(seed)
-    config = Qwen2Config(
+    config_kwargs: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -63,13 +64,15 @@ def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         bos_token_id=None,
-        torch_dtype="float32",
+        dtype="float32",
     )
-    model = Qwen2ForCausalLM(config)
+    model = Qwen2ForCausalLM(Qwen2Config(**config_kwargs))
     model.generation_config.max_new_tokens = 16
     model.generation_config.do_sample = False
     model.save_pretrained(staging, safe_serialization=True)
-    (staging / "llmdock-tiny.json").write_text(json.dumps({"built_by": "llmdock.demo.tinymodel", "seed": seed}))
+    (staging / "llmdock-tiny.json").write_text(
+        json.dumps({"built_by": "llmdock.demo.tinymodel", "seed": seed})
+    )
     staging.rename(dest)
     return dest
 

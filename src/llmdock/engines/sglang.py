@@ -45,6 +45,8 @@ class Sglang(Engine):
             # SGLang has no per-prompt modality limit flag of its own; it reads the same JSON via
             # --mm-process-config only in newer releases, so refuse rather than silently ignore.
             raise self.reject(
-                "--limit-mm-per-prompt " + json.dumps(s.limit_mm_per_prompt), "sglang", "drop it or use --engine vllm"
+                "--limit-mm-per-prompt " + json.dumps(s.limit_mm_per_prompt),
+                "sglang",
+                "drop it or use --engine vllm",
             )
         return argv + s.extra_args

@@ -66,8 +66,16 @@ class ContainerConfig:
 
 
 def labels_for(
-    *, name: str, model: str, engine: str, port: int, gpus: tuple[int, ...], spec_hash: str, spec: dict[str, Any],
-    served_name: str, health_path: str,
+    *,
+    name: str,
+    model: str,
+    engine: str,
+    port: int,
+    gpus: tuple[int, ...],
+    spec_hash: str,
+    spec: dict[str, Any],
+    served_name: str,
+    health_path: str,
 ) -> dict[str, str]:
     """The ``io.llmdock.*`` labels: enough to list, route to and re-adopt a deployment without the DB."""
     return {

@@ -88,7 +88,11 @@ def make_plan(
         check(e)
         gpus = request.indices or tuple(range(request.count or 1)) if request.kind != "none" else ()
     if engine.uses_gpus and not gpus:
-        check(InvalidSpec(f"the {engine.name} engine needs at least one GPU", "use --gpus, or --engine transformers"))
+        check(
+            InvalidSpec(
+                f"the {engine.name} engine needs at least one GPU", "use --gpus, or --engine transformers"
+            )
+        )
     tp = spec.tensor_parallel_size
     if tp is None and engine.uses_gpus and len(gpus) > 1:
         tp = len(gpus)
@@ -108,7 +112,9 @@ def make_plan(
         check(ImageMissing(image))
 
     model_path = str(PurePosixPath(MOUNT_ROOT) / PurePosixPath(model_dir).name)
-    launch = Launch(spec=spec, model_path=model_path, port=port, tensor_parallel_size=tp, version=engine_version)
+    launch = Launch(
+        spec=spec, model_path=model_path, port=port, tensor_parallel_size=tp, version=engine_version
+    )
     argv = engine.argv(launch)
     served = engine.served_name(launch)
     spec_hash = spec.hash()
@@ -118,8 +124,15 @@ def make_plan(
         entrypoint=argv[:1],
         command=argv[1:],
         labels=labels_for(
-            name=spec.name, model=spec.model, engine=spec.engine, port=port, gpus=gpus, spec_hash=spec_hash,
-            spec=spec.to_dict(), served_name=served, health_path=engine.health_path,
+            name=spec.name,
+            model=spec.model,
+            engine=spec.engine,
+            port=port,
+            gpus=gpus,
+            spec_hash=spec_hash,
+            spec=spec.to_dict(),
+            served_name=served,
+            health_path=engine.health_path,
         ),
         gpu_ids=gpus,
         network_mode=spec.network,
@@ -128,6 +141,14 @@ def make_plan(
         env={**DEFAULT_ENV, **spec.env},
     )
     return Plan(
-        spec=spec, gpus=gpus, port=port, tensor_parallel_size=tp, argv=argv, served_name=served,
-        health_path=engine.health_path, container=container, spec_hash=spec_hash, problems=tuple(problems),
+        spec=spec,
+        gpus=gpus,
+        port=port,
+        tensor_parallel_size=tp,
+        argv=argv,
+        served_name=served,
+        health_path=engine.health_path,
+        container=container,
+        spec_hash=spec_hash,
+        problems=tuple(problems),
     )

@@ -54,14 +54,21 @@ class Deployment:
         except json.JSONDecodeError:
             spec = {}
         return cls(
-            name=label("name"), model=label("model"), engine=label("engine"),
-            port=int(port) if port.isdigit() else None, gpus=gpus, spec_hash=label("spec-hash"),
-            served_name=label("served-name"), health_path=label("health-path") or "/health", spec=spec, **fields,
+            name=label("name"),
+            model=label("model"),
+            engine=label("engine"),
+            port=int(port) if port.isdigit() else None,
+            gpus=gpus,
+            spec_hash=label("spec-hash"),
+            served_name=label("served-name"),
+            health_path=label("health-path") or "/health",
+            spec=spec,
+            **fields,
         )
 
 
 class Runtime(Protocol):
-    def list(self) -> list[Deployment]: ...
+    def deployments(self) -> list[Deployment]: ...
     def get(self, name: str) -> Deployment | None: ...
     def create(self, cfg: ContainerConfig) -> Deployment: ...
     def start(self, name: str) -> None: ...

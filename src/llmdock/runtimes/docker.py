@@ -37,7 +37,11 @@ def connect(base_url: str | None = None) -> Any:
 
 def _reason(e: Exception) -> str:
     explanation = getattr(e, "explanation", None)
-    return str(explanation or e).strip().splitlines()[0][:300] if str(explanation or e).strip() else type(e).__name__
+    return (
+        str(explanation or e).strip().splitlines()[0][:300]
+        if str(explanation or e).strip()
+        else type(e).__name__
+    )
 
 
 def translate(e: Exception, name: str = "") -> LlmdockError:
@@ -50,7 +54,9 @@ def translate(e: Exception, name: str = "") -> LlmdockError:
     if "could not select device driver" in reason or "nvidia-container-cli" in reason:
         return RuntimeUnavailable(f"Docker cannot give the container GPUs: {reason}", GPU_HINT)
     if isinstance(e, docker.errors.APIError) and e.status_code == 409:
-        return Conflict(f"Docker refused: {reason}", f"remove the old one with `llmdock rm {name}` or pick --name")
+        return Conflict(
+            f"Docker refused: {reason}", f"remove the old one with `llmdock rm {name}` or pick --name"
+        )
     if isinstance(e, (docker.errors.APIError, docker.errors.DockerException)):
         return RuntimeUnavailable(f"Docker failed: {reason}", "see `docker info` and the daemon's log")
     return LlmdockError(str(e))
@@ -97,7 +103,7 @@ class DockerRuntime:
             )
         return container
 
-    def list(self) -> list[Deployment]:
+    def deployments(self) -> list[Deployment]:
         import docker
 
         try:
@@ -137,7 +143,9 @@ class DockerRuntime:
         )
         if cfg.gpu_ids:
             kwargs["device_requests"] = [
-                DeviceRequest(driver="nvidia", device_ids=[str(i) for i in cfg.gpu_ids], capabilities=[["gpu"]])
+                DeviceRequest(
+                    driver="nvidia", device_ids=[str(i) for i in cfg.gpu_ids], capabilities=[["gpu"]]
+                )
             ]
         if cfg.ports:
             kwargs["ports"] = {f"{c}/tcp": h for c, h in cfg.ports.items()}
@@ -206,7 +214,9 @@ class DockerRuntime:
     def has_gpu_runtime(self) -> bool:
         info = self.client.info()
         runtimes = info.get("Runtimes") or {}
-        return "nvidia" in runtimes or bool(info.get("CDISpecDirs") and "nvidia" in str(info.get("DefaultRuntime")))
+        return "nvidia" in runtimes or bool(
+            info.get("CDISpecDirs") and "nvidia" in str(info.get("DefaultRuntime"))
+        )
 
     def run_probe(self, image: str, argv: list[str]) -> str:
         """Run ``argv`` once in a throwaway, network-less container of ``image``; return its stdout."""
@@ -214,8 +224,14 @@ class DockerRuntime:
 
         try:
             out = self.client.containers.run(
-                image, entrypoint=argv[:1], command=argv[1:], remove=True, network_disabled=True,
-                stdout=True, stderr=False, labels={"io.llmdock.probe": "true"},
+                image,
+                entrypoint=argv[:1],
+                command=argv[1:],
+                remove=True,
+                network_disabled=True,
+                stdout=True,
+                stderr=False,
+                labels={"io.llmdock.probe": "true"},
             )
         except docker.errors.DockerException as e:
             raise translate(e) from e

@@ -20,7 +20,9 @@ def migrate(db: sqlite3.Connection) -> list[int]:
         if number in done:
             continue
         with db:
-            db.executescript("BEGIN;" + sql + f"; INSERT INTO _migrations VALUES ({number}, {time.time()}); COMMIT;")
+            db.executescript(
+                "BEGIN;" + sql + f"; INSERT INTO _migrations VALUES ({number}, {time.time()}); COMMIT;"
+            )
         applied.append(number)
     return applied
 
@@ -38,7 +40,9 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    def save_deployment(self, name: str, spec: dict[str, Any], spec_hash: str, runtime: str = "docker") -> None:
+    def save_deployment(
+        self, name: str, spec: dict[str, Any], spec_hash: str, runtime: str = "docker"
+    ) -> None:
         now = time.time()
         self.db.execute(
             "INSERT INTO deployments(name, spec, spec_hash, runtime, created_at, updated_at) VALUES (?,?,?,?,?,?) "
@@ -48,7 +52,9 @@ class Store:
         )
 
     def deployment(self, name: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT spec, spec_hash, runtime FROM deployments WHERE name=?", (name,)).fetchone()
+        row = self.db.execute(
+            "SELECT spec, spec_hash, runtime FROM deployments WHERE name=?", (name,)
+        ).fetchone()
         if row is None:
             return None
         return {"spec": json.loads(row[0]), "spec_hash": row[1], "runtime": row[2]}
@@ -60,7 +66,9 @@ class Store:
         self.db.execute("DELETE FROM deployments WHERE name=?", (name,))
 
     def record(self, name: str, kind: str, detail: str = "") -> None:
-        self.db.execute("INSERT INTO events(name, at, kind, detail) VALUES (?,?,?,?)", (name, time.time(), kind, detail))
+        self.db.execute(
+            "INSERT INTO events(name, at, kind, detail) VALUES (?,?,?,?)", (name, time.time(), kind, detail)
+        )
 
     def events(self, name: str, limit: int = 20) -> list[tuple[float, str, str]]:
         rows = self.db.execute(
