@@ -14,29 +14,29 @@ class MemoryRuntime:
     def __init__(self, images: dict[str, str] | None = None, gpu_runtime: bool = False) -> None:
         self.images = images or {}
         self.gpu_runtime = gpu_runtime
-        self.deployments: dict[str, Deployment] = {}
+        self.items: dict[str, Deployment] = {}
         self.log_lines: dict[str, list[str]] = {}
         self.probes: list[str] = []
         self.versions: dict[str, str] = {}
 
     def deployments(self) -> list[Deployment]:
-        return sorted(self.deployments.values(), key=lambda d: d.name)
+        return sorted(self.items.values(), key=lambda d: d.name)
 
     def get(self, name: str) -> Deployment | None:
-        return self.deployments.get(name)
+        return self.items.get(name)
 
     def create(self, cfg: ContainerConfig) -> Deployment:
         if cfg.image not in self.images:
             raise ImageMissing(cfg.image)
         dep = Deployment.from_labels(cfg.labels, state="running", image=cfg.image, id=f"id-{cfg.name}")
-        self.deployments[cfg.name] = dep
+        self.items[cfg.name] = dep
         self.log_lines.setdefault(cfg.name, [])
         return dep
 
     def _set(self, name: str, **fields: object) -> None:
-        if name not in self.deployments:
+        if name not in self.items:
             raise NotFound(f"no deployment named {name!r}")
-        self.deployments[name] = replace(self.deployments[name], **fields)  # type: ignore[arg-type]
+        self.items[name] = replace(self.items[name], **fields)  # type: ignore[arg-type]
 
     def start(self, name: str) -> None:
         self._set(name, state="running", exit_code=None, restart_count=0)
@@ -45,7 +45,7 @@ class MemoryRuntime:
         self._set(name, state="exited", exit_code=0)
 
     def remove(self, name: str, force: bool = False) -> None:
-        self.deployments.pop(name)
+        self.items.pop(name)
 
     def logs(self, name: str, *, tail: int | None = None, follow: bool = False) -> Iterator[str]:
         lines = self.log_lines.get(name, [])

@@ -106,13 +106,13 @@ def running(port: int, served: str = "/work/m") -> Deployment:
 
 def test_ready_when_health_and_models_answer(server: http.server.ThreadingHTTPServer) -> None:
     rt = MemoryRuntime()
-    rt.deployments["d"] = running(server.server_address[1])
+    rt.items["d"] = running(server.server_address[1])
     assert wait_ready(rt, "d", get_engine("vllm"), timeout=5) < 1
 
 
 def test_health_alone_is_not_ready(server: http.server.ThreadingHTTPServer) -> None:
     rt = MemoryRuntime()
-    rt.deployments["d"] = running(server.server_address[1], served="other-name")
+    rt.items["d"] = running(server.server_address[1], served="other-name")
     with pytest.raises(ReadinessTimeout) as e:
         wait_ready(rt, "d", get_engine("vllm"), timeout=0.5)
     assert "logs -f d" in e.value.hint
@@ -120,7 +120,7 @@ def test_health_alone_is_not_ready(server: http.server.ThreadingHTTPServer) -> N
 
 def test_exit_stops_waiting_at_once_with_diagnosis() -> None:
     rt = MemoryRuntime()
-    rt.deployments["d"] = replace(running(1), state="exited", exit_code=2)
+    rt.items["d"] = replace(running(1), state="exited", exit_code=2)
     rt.log_lines["d"] = ["usage: vllm serve", "vllm serve: error: unrecognized arguments: --bogus"]
     t0 = time.monotonic()
     with pytest.raises(EngineFailed) as e:
@@ -132,14 +132,14 @@ def test_exit_stops_waiting_at_once_with_diagnosis() -> None:
 
 def test_restarting_counts_as_dead() -> None:
     rt = MemoryRuntime()
-    rt.deployments["d"] = replace(running(1), restart_count=1)
+    rt.items["d"] = replace(running(1), restart_count=1)
     with pytest.raises(EngineFailed, match="before it became ready"):
         wait_ready(rt, "d", get_engine("vllm"), timeout=600)
 
 
 def test_phases_are_reported() -> None:
     rt = MemoryRuntime()
-    rt.deployments["d"] = running(1)
+    rt.items["d"] = running(1)
     rt.log_lines["d"] = ["Starting to load model /work/m"]
     seen: list[str] = []
     with pytest.raises(ReadinessTimeout, match="loading weights"):
