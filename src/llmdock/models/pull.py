@@ -197,7 +197,7 @@ def _fetch_all(
     def one(remote: RemoteFile) -> None:
         if stop.is_set():
             return
-        record = fetch_file(hub, ref.repo_id, commit, remote, staging, report)
+        record = fetch_file(hub, ref.repo_id, commit, remote, staging, report, fsync=store.durable)
         with guard:
             records[record.path] = record
             _write_progress(staging, records)

@@ -96,6 +96,7 @@ class ModelStore:
         reserve: int = disk.RESERVE,
         system_disk_limit: int = disk.SYSTEM_DISK_LIMIT,
         probe: Callable[[Path], disk.DiskFacts] = disk.probe,
+        durable: bool = False,
     ) -> None:
         self.root = root.expanduser().absolute()
         self.hub_factory = hub_factory
@@ -103,6 +104,7 @@ class ModelStore:
         self.reserve = reserve
         self.system_disk_limit = system_disk_limit
         self.probe = probe
+        self.durable = durable  # fsync every file before it counts (see fetch.fetch_file)
 
     @classmethod
     def default(cls) -> ModelStore:
