@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from llmdock.errors import HubError, IntegrityError
 from llmdock.models.hubs import Hub, RemoteFile
@@ -194,13 +194,47 @@ def _stream(
                 progress({**event, "delta": len(buf)})
                 buf.clear()
 
-            try:
-                for chunk in body.chunks:
-                    buf += chunk
-                    if len(buf) >= WRITE_BLOCK:
-                        flush()
-            finally:
-                flush()
+            if body.readinto is not None:
+                done = _read_into(body.readinto, f, remote, done, hashers, progress)
+            else:
+                try:
+                    for chunk in body.chunks:
+                        buf += chunk
+                        if len(buf) >= WRITE_BLOCK:
+                            flush()
+                finally:
+                    flush()
             if fsync and done == remote.size:
                 os.fsync(f.fileno())
+    return done
+
+
+def _read_into(
+    readinto: Callable[[memoryview], int],
+    f: BinaryIO,
+    remote: RemoteFile,
+    done: int,
+    hashers: Hashers,
+    progress: Progress,
+) -> int:
+    """Fill one reused buffer from the socket, then write and hash it: no per-chunk allocations."""
+    buf = memoryview(bytearray(WRITE_BLOCK))
+    while done < remote.size:
+        want = min(WRITE_BLOCK, remote.size - done)
+        got = 0
+        try:
+            while got < want:
+                n = readinto(buf[got:want])
+                if not n:
+                    break
+                got += n
+        finally:  # bytes that arrived before a drop are good bytes: keep them for the resume
+            if got:
+                f.write(buf[:got])
+                hashers.update(buf[:got])
+                done += got
+                event = {"event": "progress", "path": remote.path, "done": done, "size": remote.size}
+                progress({**event, "delta": got})
+        if got < want:
+            break
     return done

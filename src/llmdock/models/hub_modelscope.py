@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from llmdock.errors import HubError, NotFound
@@ -66,7 +66,7 @@ class ModelScopeHub:
             raise _translate(e, f"{repo_id}/{path}") from e
         try:
             start = offset if resp.status_code == 206 else 0
-            yield Body(start=start, chunks=_chunks(resp, path))
+            yield Body(start=start, chunks=_chunks(resp, path), readinto=_readinto(resp, path))
         finally:
             resp.close()
 
@@ -77,6 +77,25 @@ def _chunks(resp: Any, path: str) -> Iterator[bytes]:
         yield from resp.raw.stream(CHUNK, decode_content=False)
     except Exception as e:
         raise HubError(f"connection broke while reading {path}: {e}") from e
+
+
+def _readinto(resp: Any, path: str) -> Callable[[memoryview], int] | None:
+    """Read straight from http.client under urllib3 when the body is plain (no content-encoding)."""
+    fp = getattr(resp.raw, "_fp", None)
+    if (
+        fp is None
+        or not hasattr(fp, "readinto")
+        or resp.headers.get("Content-Encoding", "identity") != "identity"
+    ):
+        return None
+
+    def readinto(buf: memoryview) -> int:
+        try:
+            return int(fp.readinto(buf))
+        except Exception as e:
+            raise HubError(f"connection broke while reading {path}: {e}") from e
+
+    return readinto
 
 
 def _first_line(e: Exception) -> str:

@@ -16,7 +16,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -43,10 +43,15 @@ class Listing:
 
 @dataclass
 class Body:
-    """A response body: ``start`` is the offset it begins at (0 when the server ignored our Range)."""
+    """A response body: ``start`` is the offset it begins at (0 when the server ignored our Range).
+
+    ``readinto``, when the transport has one, fills a caller's buffer straight from the socket (no
+    intermediate bytes objects); it returns 0 at the end of the body, early or not.
+    """
 
     start: int
     chunks: Iterator[bytes]
+    readinto: Callable[[memoryview], int] | None = None
 
 
 class Hub(Protocol):
