@@ -12,6 +12,7 @@ import typer
 
 from llmdock.cli import config as config_cmd
 from llmdock.cli import deploy
+from llmdock.cli import serve as serve_cmd
 
 app = typer.Typer(
     name="llmdock",
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 deploy.register(app)
 app.add_typer(config_cmd.app, name="config")
+serve_cmd.register(app)
 
 
 def run() -> None:

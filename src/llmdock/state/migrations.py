@@ -31,4 +31,34 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE api_keys (
+            name TEXT PRIMARY KEY,
+            hash TEXT NOT NULL UNIQUE,
+            prefix TEXT NOT NULL,
+            models TEXT NOT NULL DEFAULT '',
+            rpm INTEGER,
+            admin INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        );
+        CREATE TABLE usage (
+            key_name TEXT NOT NULL,
+            model TEXT NOT NULL,
+            minute INTEGER NOT NULL,
+            requests INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (key_name, model, minute)
+        );
+        CREATE TABLE gateway_policies (
+            name TEXT PRIMARY KEY,
+            on_demand INTEGER NOT NULL DEFAULT 0,
+            idle_stop_s REAL
+        );
+        """,
+    ),
 ]

@@ -1,0 +1,215 @@
+"""Admin REST API (admin keys only), mirroring the CLI, and its OpenAPI schema.
+
+    GET    /admin/v1/deployments                 list (with the gateway's view of replica health)
+    POST   /admin/v1/deployments                 create: {"model": DIR, "name"?, "engine"?, "gpus"?, ...}
+    POST   /admin/v1/deployments/{name}/stop     stop
+    POST   /admin/v1/deployments/{name}/start    start (does not wait for readiness)
+    DELETE /admin/v1/deployments/{name}          remove (``?force=true`` when running)
+    GET    /admin/v1/deployments/{name}/logs     log lines as text (``?tail=N&follow=true``)
+    GET    /admin/v1/models                      every model the gateway routes
+    GET    /admin/v1/keys  POST /admin/v1/keys  DELETE /admin/v1/keys/{name}
+    GET    /admin/v1/usage?since=EPOCH
+    GET    /openapi.json
+
+Lifecycle calls run in the supervisor's lifecycle thread; errors become OpenAI envelopes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from llmdock.errors import Conflict, InvalidSpec, LlmdockError, NotFound
+from llmdock.gateway.keys import Authenticator
+from llmdock.gateway.keystore import KeyStore
+from llmdock.gateway.proxy import json_response, read_body
+from llmdock.gateway.routing import RouteTable
+from llmdock.gateway.wire import BadRequest, GatewayError, NotFoundPath, envelope
+
+Act = Callable[[Callable[[Any], Any]], Awaitable[Any]]
+
+
+def llmdock_error(e: LlmdockError) -> web.Response:
+    status = (
+        404
+        if isinstance(e, NotFound)
+        else 400
+        if isinstance(e, InvalidSpec)
+        else 409
+        if isinstance(e, Conflict)
+        else 500
+    )
+    message = f"{e.message} ({e.hint})" if e.hint else e.message
+    return web.Response(
+        status=status,
+        body=envelope(message, "invalid_request_error" if status < 500 else "server_error", type(e).__name__),
+        content_type="application/json",
+    )
+
+
+class Admin:
+    def __init__(
+        self, auth: Authenticator, keystore: KeyStore | None, table: RouteTable, act: Act | None
+    ) -> None:
+        self.auth = auth
+        self.keystore = keystore
+        self.table = table
+        self.act = act
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            if request.path == "/openapi.json":
+                return json_response(OPENAPI)
+            self.auth.admin(request.headers.get("Authorization"))
+            parts = [p for p in request.path.split("/") if p][2:]  # after admin/v1
+            return await self.route(request, request.method, parts)
+        except GatewayError as e:
+            return web.Response(status=e.status, body=e.body(), content_type="application/json")
+        except LlmdockError as e:
+            return llmdock_error(e)
+
+    async def route(self, request: web.BaseRequest, method: str, parts: list[str]) -> web.StreamResponse:
+        q = request.query
+        if parts == ["models"] and method == "GET":
+            return json_response(
+                {"object": "list", "data": [self.model(r) for r in self.table.routes.values()]}
+            )
+        if parts and parts[0] == "keys" and self.keystore is not None:
+            return await self.keys(request, method, parts[1:])
+        if parts == ["usage"] and method == "GET" and self.keystore is not None:
+            rows = self.keystore.usage(float(q.get("since", "0") or 0))
+            return json_response([{"key": k, "model": m, **vars(u)} for k, m, u in rows])
+        if not parts or parts[0] != "deployments" or self.act is None:
+            raise NotFoundPath(f"no admin endpoint {method} {request.path}; see /openapi.json")
+        act = self.act
+        if len(parts) == 1 and method == "GET":
+            deps = await act(lambda c: c.lc.ps())
+            return json_response([self.deployment(d) for d in deps])
+        if len(parts) == 1 and method == "POST":
+            body = await self.json(request)
+            return json_response(await act(lambda c: c.create(body)), status=201)
+        name = parts[1]
+        if len(parts) == 2 and method == "DELETE":
+            force = q.get("force", "") in ("1", "true", "yes")
+            await act(lambda c: c.lc.rm(name, force=force))
+            return json_response({"removed": name})
+        if len(parts) == 3 and method == "POST" and parts[2] == "stop":
+            await act(lambda c: c.lc.stop(name))
+            return json_response({"stopped": name})
+        if len(parts) == 3 and method == "POST" and parts[2] == "start":
+            await act(lambda c: c.lc.start(name, wait=False))
+            return json_response({"started": name})
+        if len(parts) == 3 and method == "GET" and parts[2] == "logs":
+            return await self.logs(request, name)
+        raise NotFoundPath(f"no admin endpoint {method} {request.path}; see /openapi.json")
+
+    async def json(self, request: web.BaseRequest) -> dict[str, Any]:
+        import json
+
+        try:
+            body = json.loads(await read_body(request, 1024 * 1024))
+        except ValueError:
+            raise BadRequest("the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return body
+
+    async def keys(self, request: web.BaseRequest, method: str, rest: list[str]) -> web.Response:
+        assert self.keystore is not None
+        if not rest and method == "GET":
+            return json_response([vars(k) for k in self.keystore.list_keys()])
+        if not rest and method == "POST":
+            body = await self.json(request)
+            key = self.keystore.create(
+                str(body.get("name", "")),
+                models=tuple(body.get("models") or ()),
+                rpm=body.get("rpm"),
+                admin=bool(body.get("admin")),
+            )
+            return json_response({"name": body["name"], "key": key}, status=201)
+        if len(rest) == 1 and method == "DELETE":
+            self.keystore.revoke(rest[0])
+            return json_response({"revoked": rest[0]})
+        raise NotFoundPath(f"no admin endpoint {method} {request.path}; see /openapi.json")
+
+    async def logs(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
+        assert self.act is not None
+        tail = request.query.get("tail")
+        follow = request.query.get("follow", "") in ("1", "true", "yes")
+        lines = await self.act(
+            lambda c: c.lc.runtime.logs(name, tail=int(tail) if tail else None, follow=follow)
+        )
+        out = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        await out.prepare(request)
+        loop = asyncio.get_running_loop()
+        while (line := await loop.run_in_executor(None, next, lines, None)) is not None:
+            await out.write(line.encode() + b"\n")
+        await out.write_eof()
+        return out
+
+    def model(self, r: Any) -> dict[str, Any]:
+        return {
+            "id": r.served_name,
+            "deployment": r.name,
+            "aliases": list(r.aliases),
+            "ready": r.ready,
+            "on_demand": r.policy.on_demand,
+            "idle_stop_s": r.policy.idle_stop_s,
+            "replicas": [
+                {"url": x.url, "healthy": x.usable, "outstanding": x.outstanding} for x in r.replicas
+            ],
+        }
+
+    def deployment(self, d: Any) -> dict[str, Any]:
+        data = {k: v for k, v in vars(d).items() if k != "spec"}
+        route = self.table.routes.get(d.name)
+        data["healthy"] = route.ready if route is not None else False
+        return data
+
+
+def _op(summary: str, body: bool = False) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "responses": {"200": {"description": "OK"}},
+    }
+    if body:
+        op["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}}}}
+    return op
+
+
+NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "llmdock gateway", "version": "1"},
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    "paths": {
+        "/v1/models": {"get": _op("Models this key may use")},
+        "/v1/chat/completions": {"post": _op("OpenAI chat completions, routed by `model`", True)},
+        "/v1/completions": {"post": _op("OpenAI completions, routed by `model`", True)},
+        "/v1/embeddings": {"post": _op("OpenAI embeddings, routed by `model`", True)},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "OK"}}}},
+        "/admin/v1/deployments": {
+            "get": _op("List deployments"),
+            "post": {**_op("Create a deployment (fields of `llmdock up`; `model` required)", True)},
+        },
+        "/admin/v1/deployments/{name}": {
+            "delete": {**_op("Remove a deployment (?force=true)"), "parameters": NAME}
+        },
+        "/admin/v1/deployments/{name}/stop": {"post": {**_op("Stop a deployment"), "parameters": NAME}},
+        "/admin/v1/deployments/{name}/start": {"post": {**_op("Start a deployment"), "parameters": NAME}},
+        "/admin/v1/deployments/{name}/logs": {
+            "get": {**_op("Engine log (?tail=N&follow=true)"), "parameters": NAME}
+        },
+        "/admin/v1/models": {"get": _op("Every routed model with replica health")},
+        "/admin/v1/keys": {
+            "get": _op("List keys"),
+            "post": _op("Create a key: {name, models?, rpm?, admin?}", True),
+        },
+        "/admin/v1/keys/{name}": {"delete": {**_op("Revoke a key"), "parameters": NAME}},
+        "/admin/v1/usage": {"get": _op("Usage per key and model (?since=EPOCH)")},
+    },
+}

@@ -1,0 +1,338 @@
+"""Keeps the route table true and deployments alive: discovery, health, restarts, on-demand, idle stop.
+
+Every second the runtime is listed (in a worker thread: the docker SDK blocks) and the route table rebuilt.
+Running replicas are probed over HTTP (``health_path``; on the way to healthy also ``/v1/models``).
+Lifecycle actions (restart a crashed deployment, start one on demand, stop an idle one) run in one
+dedicated thread that owns its own :class:`~llmdock.lifecycle.Lifecycle` and SQLite connection.
+
+Restarts follow :func:`due_restart`: a deployment that exited without being stopped by someone is started
+again after 1, 2, 4 … seconds (at most ``RESTART_MAX_S``), at most ``MAX_RESTARTS`` times in a row; each
+crash, restart and the final give-up is recorded in the store's events with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any, Protocol, TypeVar
+
+import aiohttp
+
+from llmdock.gateway.metrics import Metrics
+from llmdock.gateway.routing import Policy, Replica, Route, RouteTable, Target, pick
+from llmdock.gateway.wire import NoReplica
+
+log = logging.getLogger("llmdock.gateway")
+T = TypeVar("T")
+
+RESTART_BASE_S = 1.0
+RESTART_MAX_S = 60.0
+MAX_RESTARTS = 5
+STABLE_S = 60.0  # running this long after a restart resets the backoff
+# Last events after which an exited deployment is meant to be down and is left alone.
+STOPPED_KINDS = frozenset({"stopped", "failed", "removed", "gave-up", "idle-stopped"})
+
+
+@dataclass
+class Backoff:
+    attempts: int = 0
+    next_at: float = 0.0
+    gave_up: bool = False
+
+
+def due_restart(state: str, last_event: str | None, b: Backoff, now: float) -> str:
+    """``restart``, ``wait``, ``give-up`` or ``none`` for one deployment. Pure."""
+    if state not in ("exited", "dead") or (last_event in STOPPED_KINDS):
+        return "none"
+    if b.attempts >= MAX_RESTARTS:
+        return "none" if b.gave_up else "give-up"
+    return "restart" if now >= b.next_at else "wait"
+
+
+def backoff_after(attempts: int) -> float:
+    return float(min(RESTART_MAX_S, RESTART_BASE_S * 2 ** max(0, attempts - 1)))
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    interval_s: float = 1.0
+    probe_timeout_s: float = 2.0
+    hold_timeout_s: float = 600.0  # how long a request waits for an on-demand start
+    queue_max: int = 256  # requests held per deployment while it starts
+
+
+class Source(Protocol):
+    """Where replicas come from (Docker labels, or fixed --route entries)."""
+
+    def targets(self) -> list[Target]: ...
+
+
+class Controller(Protocol):
+    """Lifecycle actions; called from one worker thread."""
+
+    def crashed(self) -> list[tuple[str, str, int | None]]: ...  # (name, state, exit code) not running
+    def last_event(self, name: str) -> str | None: ...
+    def record(self, name: str, kind: str, detail: str = "") -> None: ...
+    def start(self, name: str) -> None: ...
+    def stop(self, name: str) -> None: ...
+    def policies(self) -> dict[str, Policy]: ...
+
+
+@dataclass
+class StaticSource:
+    targets_: list[Target] = field(default_factory=list)
+
+    def targets(self) -> list[Target]:
+        return list(self.targets_)
+
+
+def static_target(model: str, url: str) -> Target:
+    return Target(model, model, url.rstrip("/"), f"static:{model}:{url}", running=True)
+
+
+class DockerSource:
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+
+    def targets(self) -> list[Target]:
+        out = []
+        for d in self.runtime.deployments():
+            if d.port is None:
+                continue
+            aliases = tuple(a for a in (d.name, d.model, PurePosixPath(d.model).name) if a)
+            out.append(
+                Target(
+                    deployment=d.name,
+                    served_name=d.served_name or d.name,
+                    base_url=f"http://127.0.0.1:{d.port}",
+                    key=d.id or f"{d.name}:{d.port}",
+                    running=d.running,
+                    health_path=d.health_path,
+                    aliases=aliases,
+                    state=d.state,
+                    exit_code=d.exit_code,
+                )
+            )
+        return out
+
+
+class Supervisor:
+    def __init__(
+        self,
+        table: RouteTable,
+        metrics: Metrics,
+        sources: Iterable[Source],
+        session: aiohttp.ClientSession,
+        controller_factory: Callable[[], Controller] | None = None,
+        config: SupervisorConfig = SupervisorConfig(),
+    ) -> None:
+        self.table = table
+        self.metrics = metrics
+        self.sources = list(sources)
+        self.session = session
+        self.config = config
+        self.controller_factory = controller_factory
+        self.controller: Controller | None = None
+        self.lister = ThreadPoolExecutor(1, thread_name_prefix="llmdock-list")
+        self.actor = ThreadPoolExecutor(1, thread_name_prefix="llmdock-act")
+        self.backoffs: dict[str, Backoff] = {}
+        self.policies: dict[str, Policy] = {}
+        self.starting: dict[str, asyncio.Future[None]] = {}
+        self.stopping: set[str] = set()
+        self.waiting: dict[str, int] = {}
+        self.tick = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+        metrics.replicas = self.replica_states
+
+    def replica_states(self) -> Iterable[tuple[str, str, bool, int]]:
+        for route in self.table.routes.values():
+            for r in route.replicas:
+                yield route.name, r.url, r.usable, r.outstanding
+
+    # ---- threads --------------------------------------------------------------------------------
+    async def act(self, fn: Callable[[Controller], T]) -> T | None:
+        """Run ``fn(controller)`` in the lifecycle thread; None when there is no controller."""
+        if self.controller_factory is None:
+            return None
+
+        def call() -> T:
+            if self.controller is None:
+                assert self.controller_factory is not None
+                self.controller = self.controller_factory()
+            return fn(self.controller)
+
+        return await asyncio.get_running_loop().run_in_executor(self.actor, call)
+
+    # ---- loop -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.refresh()
+        self.tasks = [asyncio.create_task(self.run())]
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for fut in self.starting.values():
+            fut.cancel()
+        self.lister.shutdown(wait=True, cancel_futures=True)
+        self.actor.shutdown(wait=True, cancel_futures=True)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.interval_s)
+            try:
+                await self.refresh()
+                await self.reconcile()
+                await self.idle_stop()
+            except Exception:  # the supervisor must outlive any one failure (Docker restarting, …)
+                log.exception("supervisor tick failed")
+
+    async def refresh(self) -> None:
+        loop = asyncio.get_running_loop()
+        targets: list[Target] = []
+        for source in self.sources:
+            try:
+                targets += await loop.run_in_executor(self.lister, source.targets)
+            except Exception as e:
+                log.warning("listing deployments failed: %s", e)
+                return
+        self.policies = await self.act(lambda c: c.policies()) or self.policies
+        self.table.rebuild(targets, self.policies)
+        now = time.monotonic()
+        for route in self.table.routes.values():
+            if route.last_used == 0.0:
+                route.last_used = now
+        await asyncio.gather(
+            *(self.probe(route, r) for route in self.table.routes.values() for r in route.replicas)
+        )
+        self.tick.set()
+        self.tick = asyncio.Event()
+
+    async def probe(self, route: Route, replica: Replica) -> None:
+        if not replica.target.running:
+            replica.healthy = False
+            return
+        was = replica.healthy
+        base = replica.url
+        timeout = aiohttp.ClientTimeout(total=self.config.probe_timeout_s)
+        try:
+            async with self.session.get(base + replica.target.health_path, timeout=timeout) as r:
+                ok = r.status == 200
+                await r.read()
+            if ok and not was:  # ready also means the served name is listed
+                async with self.session.get(base + "/v1/models", timeout=timeout) as r:
+                    ids = [m.get("id") for m in (await r.json()).get("data", [])] if r.status == 200 else []
+                ok = route.served_name in ids
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError):
+            ok = False
+        replica.healthy = ok
+        if was and not ok and replica.target.key.startswith("static:") is False:
+            name = route.name
+            await self.act(
+                lambda c: c.record(name, "unhealthy", f"{base} stopped answering its health check")
+            )
+
+    async def reconcile(self) -> None:
+        """Restart deployments that exited without being stopped, with exponential backoff."""
+        if self.controller_factory is None:
+            return
+
+        def work(c: Controller) -> None:
+            now = time.monotonic()
+            down = {name for name, _, _ in c.crashed()}
+            for name, b in list(self.backoffs.items()):
+                if name not in down and now - b.next_at > STABLE_S:
+                    del self.backoffs[name]
+            for name, state, code in c.crashed():
+                if name in self.stopping or name in self.starting:
+                    continue
+                b = self.backoffs.setdefault(name, Backoff())
+                decision = due_restart(state, c.last_event(name), b, now)
+                if decision == "give-up":
+                    b.gave_up = True
+                    c.record(name, "gave-up", f"crashed {b.attempts} times in a row; not restarting")
+                elif decision == "restart":
+                    b.attempts += 1
+                    b.next_at = now + backoff_after(b.attempts)
+                    c.record(
+                        name, "crashed", f"{state} with code {code}; restart {b.attempts} of {MAX_RESTARTS}"
+                    )
+                    try:
+                        c.start(name)
+                        c.record(name, "restarted", f"next backoff {backoff_after(b.attempts):g}s")
+                        self.metrics.restarts[(name,)] += 1
+                    except Exception as e:
+                        c.record(name, "restart-failed", str(e))
+
+        await self.act(work)
+
+    async def idle_stop(self) -> None:
+        now = time.monotonic()
+        for route in list(self.table.routes.values()):
+            idle = route.policy.idle_stop_s
+            if idle is None or not route.running or route.outstanding or route.name in self.stopping:
+                continue
+            if route.name in self.starting or now - route.last_used < idle:
+                continue
+            name = route.name
+            self.stopping.add(name)
+            try:
+                await self.act(functools.partial(_idle_stop, name=name, idle=idle))
+            finally:
+                self.stopping.discard(name)
+
+    # ---- on-demand ------------------------------------------------------------------------------
+    async def hold(self, route: Route) -> Replica:
+        """Wait for a ready replica of ``route``, starting it when it is on-demand and stopped."""
+        name = route.name
+        if not route.policy.on_demand:
+            raise NoReplica(f"no ready replica serves {route.served_name!r}; see `llmdock ps`")
+        if self.waiting.get(name, 0) >= self.config.queue_max:
+            raise NoReplica(f"{route.served_name!r} is starting and its queue is full; retry shortly")
+        self.waiting[name] = self.waiting.get(name, 0) + 1
+        deadline = time.monotonic() + self.config.hold_timeout_s
+        try:
+            while True:
+                current = self.table.routes.get(name, route)
+                replica = pick(current.replicas)
+                if replica is not None:
+                    current.last_used = time.monotonic()
+                    return replica
+                if not current.running and name not in self.starting and name not in self.stopping:
+                    self.starting[name] = asyncio.ensure_future(self.start_on_demand(name))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise NoReplica(
+                        f"{route.served_name!r} did not become ready within {self.config.hold_timeout_s:g}s"
+                    )
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.tick.wait(), remaining)
+        finally:
+            self.waiting[name] -= 1
+
+    async def start_on_demand(self, name: str) -> None:
+        try:
+            await self.act(functools.partial(_start, name=name))
+        except Exception as e:
+            log.warning("on-demand start of %s failed: %s", name, e)
+        finally:
+            self.starting.pop(name, None)
+
+
+def _idle_stop(c: Controller, name: str, idle: float) -> None:
+    c.stop(name)
+    c.record(name, "idle-stopped", f"no request for {idle:g}s")
+
+
+def _start(c: Controller, name: str) -> None:
+    c.record(name, "on-demand", "a request arrived")
+    c.start(name)
