@@ -175,7 +175,7 @@ class Proxy:
         in_flight[(route.served_name,)] += 1
         meter = UsageMeter()
         ttft: float | None = None
-        status = 502
+        status = 0  # stays 0 when a GatewayError is raised: handle() accounts for those
         try:
             upstream, replica = await self.connect(request, route, body)
             try:
@@ -203,11 +203,13 @@ class Proxy:
                     self.metrics.errors[(route.served_name, record.name, broken)] += 1
                 return out
             except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+                status = 0
                 raise UpstreamTimeout(
                     f"the replica of {route.served_name!r} did not answer within "
                     f"{self.config.upstream_timeout:g}s"
                 ) from None
             except aiohttp.ClientError as e:
+                status = 0
                 raise UpstreamFailed(f"the replica of {route.served_name!r} failed: {e}") from None
             finally:
                 upstream.close()  # a response read to the end has released its connection already
@@ -216,18 +218,24 @@ class Proxy:
             route.outstanding -= 1
             route.last_used = time.monotonic()
             in_flight[(route.served_name,)] -= 1
-            self.metrics.done(
-                route.served_name,
-                record.name,
-                status,
-                perf_counter() - t0,
-                ttft,
-                meter.prompt_tokens,
-                meter.completion_tokens,
-            )
-            self.usage.add(
-                record.name, route.served_name, status >= 400, meter.prompt_tokens, meter.completion_tokens
-            )
+            if status:
+                self.record(route, record, status, t0, ttft, meter)
+
+    def record(
+        self, route: Route, record: KeyRecord, status: int, t0: float, ttft: float | None, meter: UsageMeter
+    ) -> None:
+        self.metrics.done(
+            route.served_name,
+            record.name,
+            status,
+            perf_counter() - t0,
+            ttft,
+            meter.prompt_tokens,
+            meter.completion_tokens,
+        )
+        self.usage.add(
+            record.name, route.served_name, status >= 400, meter.prompt_tokens, meter.completion_tokens
+        )
 
     async def connect(
         self, request: web.BaseRequest, route: Route, body: bytes
