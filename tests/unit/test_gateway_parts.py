@@ -1,0 +1,214 @@
+"""Pure parts of the gateway: routing and balancing, keys and limits, error envelopes, SSE usage,
+restart backoff, metrics text, key store and exposure rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmdock.errors import Conflict, InvalidSpec, LlmdockError, NotFound
+from llmdock.gateway import wire
+from llmdock.gateway.app import check_exposure, is_loopback
+from llmdock.gateway.keys import Authenticator, KeyRecord, digest, generate
+from llmdock.gateway.keystore import KeyStore, Usage, parse_duration
+from llmdock.gateway.metrics import Metrics
+from llmdock.gateway.routing import Policy, RouteTable, Target, pick
+from llmdock.gateway.sse import UsageMeter, strip_usage_event
+from llmdock.gateway.supervisor import MAX_RESTARTS, Backoff, backoff_after, due_restart
+from llmdock.state import Store
+
+
+def target(dep: str, port: int, running: bool = True, served: str = "") -> Target:
+    return Target(
+        dep, served or dep, f"http://127.0.0.1:{port}", f"{dep}:{port}", running, aliases=(f"/m/{dep}",)
+    )
+
+
+# ---- routing --------------------------------------------------------------------------------------------
+def test_lookup_by_served_name_and_alias_and_least_outstanding() -> None:
+    table = RouteTable()
+    table.rebuild([target("qwen", 1, served="Qwen"), target("qwen", 2, served="Qwen")], {})
+    route = table.lookup("Qwen")
+    assert route is not None and table.lookup("/m/qwen") is route and table.lookup("nope") is None
+    a, b = route.replicas
+    assert pick(route.replicas) is None  # not yet probed healthy
+    a.healthy = b.healthy = True
+    a.outstanding = 3
+    assert all(pick(route.replicas) is b for _ in range(5))
+    b.outstanding = 3
+    assert {id(pick(route.replicas)) for _ in range(10)} == {id(a), id(b)}  # ties rotate
+    assert pick(route.replicas, frozenset({id(a), id(b)})) is None
+
+
+def test_rebuild_keeps_replica_state_and_drops_health_when_stopped() -> None:
+    table = RouteTable()
+    table.rebuild([target("m", 1)], {})
+    replica = table.routes["m"].replicas[0]
+    replica.healthy, replica.outstanding = True, 2
+    table.rebuild([target("m", 1)], {"m": Policy(on_demand=True)})
+    assert table.routes["m"].replicas[0] is replica and replica.usable and replica.outstanding == 2
+    assert table.routes["m"].policy.on_demand
+    table.rebuild([target("m", 1, running=False)], {})
+    assert not replica.healthy and table.servable() == []  # stopped and not on demand
+
+
+def test_served_name_wins_over_an_alias() -> None:
+    table = RouteTable()
+    table.rebuild([target("a", 1, served="x"), Target("x", "y", "http://h:2", "k", True)], {})
+    assert table.lookup("x") is table.routes["a"]
+
+
+# ---- keys ----------------------------------------------------------------------------------------------
+def test_keys_are_random_and_checked_by_hash() -> None:
+    key, h = generate()
+    assert key.startswith("sk-llmdock-") and len(key) > 40 and h == digest(key) and key not in h
+    assert generate()[0] != key
+    auth = Authenticator([KeyRecord("ci", h)])
+    assert auth.check(f"Bearer {key}").name == "ci"
+    for header in (None, "", "Basic x", f"Bearer {key}x", "Bearer "):
+        with pytest.raises(wire.Unauthorized):
+            auth.check(header)
+
+
+def test_open_when_no_keys_and_admin_check() -> None:
+    assert Authenticator().check(None).admin
+    key, h = generate()
+    auth = Authenticator([KeyRecord("u", h)])
+    with pytest.raises(wire.Forbidden):
+        auth.admin(f"Bearer {key}")
+
+
+def test_model_allow_list_and_rate_limit() -> None:
+    now = [0.0]
+    auth = Authenticator([], clock=lambda: now[0])
+    rec = KeyRecord("k", "h", models=("qwen",), rpm=2)
+    with pytest.raises(wire.Forbidden):
+        auth.authorize(rec, "llama", ("llama",))
+    auth.authorize(rec, "q", ("q", "qwen"))  # an alias of an allowed deployment
+    auth.authorize(rec, "qwen", ("qwen",))
+    with pytest.raises(wire.RateLimited, match=r"retry in 30\.0s"):
+        auth.authorize(rec, "qwen", ("qwen",))
+    now[0] = 30.0
+    auth.authorize(rec, "qwen", ("qwen",))
+
+
+# ---- wire and SSE --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("cls", "status"),
+    [
+        (wire.BadRequest, 400),
+        (wire.Unauthorized, 401),
+        (wire.Forbidden, 403),
+        (wire.ModelNotFound, 404),
+        (wire.BodyTooLarge, 413),
+        (wire.RateLimited, 429),
+        (wire.NoReplica, 503),
+        (wire.UpstreamTimeout, 504),
+    ],
+)
+def test_error_envelope(cls: type[wire.GatewayError], status: int) -> None:
+    e = cls("what happened", param="model")
+    body = json.loads(e.body())
+    assert e.status == status and body == {
+        "error": {"message": "what happened", "type": cls.type, "param": "model", "code": cls.code}
+    }
+
+
+def test_usage_meter_finds_figures_split_across_chunks() -> None:
+    meter = UsageMeter()
+    meter.feed(b'data: {"choices":[{"delta":{}}],"usage":null}\n\n')
+    meter.feed(b'data: {"choices":[],"usage":{"prompt_tok')
+    meter.feed(b'ens":12,"completion_tokens":34}}\n\ndata: [DONE]\n\n')
+    assert (meter.prompt_tokens, meter.completion_tokens) == (12, 34)
+
+
+def test_strip_usage_event_keeps_other_events_in_order() -> None:
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}'
+    content = b'data: {"choices": [{"delta": {"content": "x"}}], "usage": {"prompt_tokens": 1}}'
+    assert strip_usage_event(usage + b"\n\ndata: [DONE]\n\n") == b"data: [DONE]\n\n"
+    assert strip_usage_event(usage + b"\n\n") == b""
+    assert strip_usage_event(content + b"\n\n") == content + b"\n\n"
+
+
+# ---- supervision ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("state", "last", "attempts", "next_at", "gave_up", "decision"),
+    [
+        ("running", "ready", 0, 0, False, "none"),
+        ("exited", "stopped", 0, 0, False, "none"),  # someone stopped it
+        ("exited", "idle-stopped", 0, 0, False, "none"),
+        ("exited", "ready", 0, 0, False, "restart"),
+        ("dead", None, 1, 5, False, "wait"),
+        ("exited", "restarted", MAX_RESTARTS, 0, False, "give-up"),
+        ("exited", "gave-up", MAX_RESTARTS, 0, True, "none"),
+    ],
+)
+def test_due_restart(
+    state: str, last: str | None, attempts: int, next_at: float, gave_up: bool, decision: str
+) -> None:
+    assert due_restart(state, last, Backoff(attempts, next_at, gave_up), now=1.0) == decision
+
+
+def test_backoff_doubles_up_to_a_bound() -> None:
+    assert [backoff_after(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
+    assert backoff_after(30) == 60.0
+
+
+# ---- metrics, key store, exposure ----------------------------------------------------------------------
+def test_metrics_text() -> None:
+    m = Metrics()
+    m.done("qwen", "ci", 200, 0.003, 0.001, 5, 7)
+    m.error("-", "ci", "model_not_found", 404)
+    text = m.render()
+    assert 'llmdock_requests_total{model="qwen",key="ci",status="200"} 1' in text
+    assert 'llmdock_request_duration_seconds_bucket{model="qwen",key="ci",le="0.0025"} 0' in text
+    assert 'llmdock_request_duration_seconds_bucket{model="qwen",key="ci",le="0.005"} 1' in text
+    assert 'llmdock_tokens_total{model="qwen",key="ci",kind="completion"} 7' in text
+    assert 'llmdock_errors_total{model="-",key="ci",code="model_not_found"} 1' in text
+
+
+def test_keystore_keys_usage_policies(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    try:
+        ks = KeyStore(store)
+        key = ks.create("ci", models=("qwen",), rpm=60)
+        ks.create("ops", admin=True)
+        assert [r.name for r in ks.active()] == ["ci", "ops"] and ks.active()[0].hash == digest(key)
+        with pytest.raises(Conflict):
+            ks.create("ci")
+        with pytest.raises(InvalidSpec):
+            ks.create("bad name")
+        ks.revoke("ci")
+        with pytest.raises(NotFound):
+            ks.revoke("ci")
+        assert [k.name for k in ks.list_keys()] == ["ops"] and len(ks.list_keys(include_revoked=True)) == 2
+        ks.add_usage({("ci", "qwen", 100): Usage(1, 0, 5, 7)})
+        ks.add_usage({("ci", "qwen", 100): Usage(2, 1, 5, 7), ("ci", "qwen", 200): Usage(1, 0, 1, 1)})
+        assert ks.usage() == [("ci", "qwen", Usage(4, 1, 11, 15))]
+        assert ks.usage(since=200 * 60) == [("ci", "qwen", Usage(1, 0, 1, 1))]
+        ks.set_policy("m", Policy(True, 60.0))
+        assert ks.policies() == {"m": Policy(True, 60.0)}
+        ks.set_policy("m", Policy())
+        assert ks.policies() == {}
+        tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"api_keys", "usage", "gateway_policies"} <= tables
+    finally:
+        store.close()
+
+
+def test_parse_duration() -> None:
+    assert [parse_duration(t) for t in ("90", "90s", "15m", "2h", "1d")] == [90, 90, 900, 7200, 86400]
+    with pytest.raises(InvalidSpec):
+        parse_duration("soon")
+
+
+def test_exposure_rule() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
+    check_exposure("127.0.0.1", insecure=False, has_keys=False)
+    check_exposure("0.0.0.0", insecure=False, has_keys=True)
+    check_exposure("0.0.0.0", insecure=True, has_keys=False)
+    with pytest.raises(LlmdockError, match="without any API key"):
+        check_exposure("0.0.0.0", insecure=False, has_keys=False)
