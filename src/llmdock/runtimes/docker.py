@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from llmdock.errors import Conflict, ImageMissing, LlmdockError, NotFound, RuntimeUnavailable
 from llmdock.planning.container import MANAGED, ContainerConfig
 from llmdock.runtimes.base import Deployment
 
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 START_HINT = (
     "start the daemon (`sudo systemctl start docker`, or `sudo dockerd &` where systemd is absent), "
     "check that your user may use it (`docker info`), or point llmdock at another with "
@@ -24,6 +28,7 @@ def connect(base_url: str | None = None) -> Any:
     """A docker client that has answered a ping; RuntimeUnavailable (with how to start it) otherwise."""
     import docker
 
+    _check_reachable(base_url or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET)
     client = None
     try:
         client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
@@ -33,6 +38,25 @@ def connect(base_url: str | None = None) -> Any:
             client.close()
         raise RuntimeUnavailable(f"the Docker daemon is not reachable: {_reason(e)}", START_HINT) from e
     return client
+
+
+def _check_reachable(url: str) -> None:
+    """Fail fast, before the SDK builds a client (whose failed version probe leaks a connection pool)."""
+    parsed = urlsplit(url)
+    if parsed.scheme in ("unix", "http+unix"):
+        family, address = socket.AF_UNIX, parsed.path
+    elif parsed.scheme in ("tcp", "http", "https") and parsed.hostname:
+        family, address = socket.AF_INET, (parsed.hostname, parsed.port or 2375)  # type: ignore[assignment]
+    else:
+        return  # ssh:// and others: let the SDK try
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(address)
+    except OSError as e:
+        raise RuntimeUnavailable(
+            f"the Docker daemon is not reachable at {url}: {e.strerror or e}", START_HINT
+        ) from e
 
 
 def _reason(e: Exception) -> str:
@@ -104,13 +128,32 @@ class DockerRuntime:
         return container
 
     def deployments(self) -> list[Deployment]:
+        """Every llmdock container, from one list call; only stopped ones are inspected (for exit codes).
+
+        A container that vanishes between listing and inspecting is skipped.
+        """
         import docker
 
+        found: list[Deployment] = []
         try:
-            found = self.client.containers.list(all=True, filters={"label": f"{MANAGED}=true"})
+            for summary in self.client.api.containers(all=True, filters={"label": f"{MANAGED}=true"}):
+                if summary.get("State") == "running":
+                    found.append(
+                        Deployment.from_labels(
+                            summary.get("Labels") or {},
+                            state="running",
+                            image=summary.get("Image", ""),
+                            id=summary["Id"],
+                        )
+                    )
+                    continue
+                try:
+                    found.append(to_deployment(self.client.containers.get(summary["Id"])))
+                except docker.errors.NotFound:
+                    continue
         except docker.errors.DockerException as e:
             raise translate(e) from e
-        return sorted((to_deployment(c) for c in found), key=lambda d: d.name)
+        return sorted(found, key=lambda d: d.name)
 
     def get(self, name: str) -> Deployment | None:
         try:
@@ -223,16 +266,19 @@ class DockerRuntime:
         import docker
 
         try:
-            out = self.client.containers.run(
+            container = self.client.containers.create(
                 image,
                 entrypoint=argv[:1],
                 command=argv[1:],
-                remove=True,
                 network_disabled=True,
-                stdout=True,
-                stderr=False,
                 labels={"io.llmdock.probe": "true"},
             )
+            try:
+                container.start()
+                container.wait(timeout=120)
+                out = container.logs(stdout=True, stderr=False)
+            finally:
+                container.remove(force=True)
         except docker.errors.DockerException as e:
             raise translate(e) from e
         return bytes(out).decode("utf-8", "replace").strip()
