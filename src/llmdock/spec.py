@@ -21,6 +21,7 @@ from typing import Any
 from llmdock.errors import InvalidSpec
 
 ENGINES = ("vllm", "sglang", "transformers")
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 NETWORKS = ("host", "bridge")
 # Docker's own rule for container names, kept a bit shorter so labels and paths stay readable.
@@ -111,6 +112,7 @@ class DeploymentSpec:
     gpu_memory_utilization: float | None = None
     max_model_len: int | None = None
     dtype: str | None = None
+    kv_cache_dtype: str | None = None
     limit_mm_per_prompt: dict[str, int] | None = None
     served_model_name: str | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -132,6 +134,7 @@ class DeploymentSpec:
         gpu_memory_utilization: float | None = None,
         max_model_len: int | None = None,
         dtype: str | None = None,
+        kv_cache_dtype: str | None = None,
         limit_mm_per_prompt: str | None = None,
         served_model_name: str | None = None,
         env: list[str] | None = None,
@@ -151,6 +154,11 @@ class DeploymentSpec:
             raise InvalidSpec(f"unknown network mode {network!r}", "choose --network host|bridge")
         if dtype is not None and dtype not in DTYPES:
             raise InvalidSpec(f"unknown dtype {dtype!r}", "choose --dtype " + "|".join(DTYPES))
+        if kv_cache_dtype is not None and kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise InvalidSpec(
+                f"unknown KV cache dtype {kv_cache_dtype!r}",
+                "choose --kv-cache-dtype " + "|".join(KV_CACHE_DTYPES),
+            )
         if tensor_parallel_size is not None and tensor_parallel_size < 1:
             raise InvalidSpec("--tensor-parallel-size must be at least 1", "give --tp 1, 2, 4 or 8")
         if gpu_memory_utilization is not None and not 0 < gpu_memory_utilization <= 1:
@@ -162,7 +170,7 @@ class DeploymentSpec:
         if served_model_name is not None and not served_model_name.strip():
             raise InvalidSpec("--served-model-name is empty", "give a name clients will use as `model`")
         if gpus is None:
-            gpus = "none" if engine == "transformers" else "all"
+            gpus = "none" if engine == "transformers" else "auto"
         from llmdock.planning.gpus import parse_gpus  # validates the syntax early
 
         parse_gpus(gpus)
@@ -177,6 +185,7 @@ class DeploymentSpec:
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
             dtype=dtype,
+            kv_cache_dtype=kv_cache_dtype,
             limit_mm_per_prompt=parse_limit_mm(limit_mm_per_prompt),
             served_model_name=served_model_name,
             env=parse_env(env or []),

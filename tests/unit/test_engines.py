@@ -23,7 +23,17 @@ PROCEDURE = dict(
 
 
 def launch(spec: DeploymentSpec, version: str | None = None, tp: int | None = None) -> Launch:
-    return Launch(spec, f"/work/{spec.model.rsplit('/', 1)[-1]}", spec.port or 8000, tp, version)
+    path = f"/work/{spec.model.rsplit('/', 1)[-1]}"
+    return Launch(
+        spec,
+        path,
+        spec.port or 8000,
+        tp,
+        version,
+        spec.max_model_len,
+        spec.gpu_memory_utilization,
+        spec.kv_cache_dtype,
+    )
 
 
 def test_vllm_renders_the_procedure_command_exactly() -> None:

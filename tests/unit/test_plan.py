@@ -107,3 +107,55 @@ def test_cpu_engine_needs_no_gpu_runtime() -> None:
     assert p.gpus == () and p.container.gpu_ids == ()
     assert p.container.ports == {p.port: p.port}
     assert p.served_name == "/work/tiny"
+
+
+# ---- with the memory planner (model facts from the real fixture configs) -----------------------------
+def gib_gpus(n: int, gib: int = 80) -> Inventory:
+    from llmdock.gpuinfo import parse_assume_gpus
+
+    return Inventory(gpus=parse_assume_gpus(f"{n}x{gib}GiB"), gpu_runtime=True)
+
+
+def test_procedure_fits_on_eight_80g_gpus_and_keeps_its_command() -> None:
+    from tests.support.modelconfigs import qwen25_vl_72b
+
+    p = plan(procedure_spec(), gib_gpus(8), facts=qwen25_vl_72b())
+    assert p.fit is not None and p.fit.tp == 8 and p.fit.max_model_len == 73480
+    assert p.argv[p.argv.index("--max-model-len") + 1] == "73480"
+    assert p.to_dict()["fit"]["concurrent_seqs"] > 1
+
+
+def test_procedure_refused_on_two_gpus_with_alternatives() -> None:
+    from llmdock.errors import DoesNotFit
+    from tests.support.modelconfigs import qwen25_vl_72b
+
+    spec = procedure_spec(tensor_parallel_size=None)
+    with pytest.raises(DoesNotFit) as e:
+        plan(spec, gib_gpus(2), facts=qwen25_vl_72b())
+    assert e.value.alternatives and "--gpus" in e.value.hint
+    dry = plan(spec, gib_gpus(2), facts=qwen25_vl_72b(), strict=False)
+    assert any("does not fit" in x for x in dry.problems)
+
+
+def test_auto_gpus_takes_the_fewest_that_fit() -> None:
+    from tests.support.modelconfigs import facts
+
+    spec = DeploymentSpec.create("/m/Qwen2.5-7B-Instruct", engine="vllm")
+    p = plan(spec, gib_gpus(8), model_dir="/m/Qwen2.5-7B-Instruct", facts=facts("Qwen--Qwen2.5-7B-Instruct"))
+    assert p.gpus == (0,) and p.tensor_parallel_size is None
+    assert p.argv[p.argv.index("--max-model-len") + 1] == "32768"  # the model's own limit fits
+
+
+def test_auto_gpus_skips_gpus_held_by_other_deployments() -> None:
+    from llmdock.planning.inventory import Holding
+    from tests.support.modelconfigs import facts
+
+    inv = Inventory(gpus=gib_gpus(4).gpus, gpu_runtime=True, holdings=(Holding("other", 9000, (0, 1)),))
+    spec = DeploymentSpec.create("/m/Qwen2.5-7B-Instruct", engine="vllm")
+    p = plan(spec, inv, model_dir="/m/Qwen2.5-7B-Instruct", facts=facts("Qwen--Qwen2.5-7B-Instruct"))
+    assert p.gpus == (2,)
+
+
+def test_auto_without_facts_takes_one_gpu() -> None:
+    spec = DeploymentSpec.create("/m/x", engine="vllm")
+    assert plan(spec, gib_gpus(8), model_dir="/m/x").gpus == (0,)

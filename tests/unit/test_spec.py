@@ -89,5 +89,5 @@ def test_hash_is_stable_and_sensitive() -> None:
 
 
 def test_engine_defaults() -> None:
-    assert DeploymentSpec.create(M).gpus == "all"
+    assert DeploymentSpec.create(M).gpus == "auto"
     assert DeploymentSpec.create(M, engine="transformers").gpus == "none"

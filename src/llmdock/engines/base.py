@@ -22,6 +22,9 @@ class Launch:
     port: int
     tensor_parallel_size: int | None
     version: str | None  # engine version found in the image, None when unknown
+    max_model_len: int | None = None  # from the spec, or chosen by the planner
+    gpu_memory_utilization: float | None = None
+    kv_cache_dtype: str | None = None
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,12 @@ class Sglang(Engine):
             argv += ["--dtype", s.dtype]
         if launch.tensor_parallel_size:
             argv += ["--tp-size", str(launch.tensor_parallel_size)]
-        if s.gpu_memory_utilization is not None:
-            argv += ["--mem-fraction-static", f"{s.gpu_memory_utilization:g}"]
-        if s.max_model_len is not None:
-            argv += ["--context-length", str(s.max_model_len)]
+        if launch.gpu_memory_utilization is not None:
+            argv += ["--mem-fraction-static", f"{launch.gpu_memory_utilization:g}"]
+        if launch.max_model_len is not None:
+            argv += ["--context-length", str(launch.max_model_len)]
+        if launch.kv_cache_dtype:
+            argv += ["--kv-cache-dtype", launch.kv_cache_dtype]
         if s.limit_mm_per_prompt:
             # SGLang has no per-prompt modality limit flag of its own; it reads the same JSON via
             # --mm-process-config only in newer releases, so refuse rather than silently ignore.

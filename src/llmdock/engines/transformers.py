@@ -32,8 +32,9 @@ class Transformers(Engine):
         unsupported = {
             "--served-model-name": s.served_model_name,
             "--tensor-parallel-size": launch.tensor_parallel_size not in (None, 1) or None,
-            "--gpu-memory-utilization": s.gpu_memory_utilization,
-            "--max-model-len": s.max_model_len,
+            "--gpu-memory-utilization": launch.gpu_memory_utilization,
+            "--max-model-len": launch.max_model_len,
+            "--kv-cache-dtype": launch.kv_cache_dtype,
             "--limit-mm-per-prompt": s.limit_mm_per_prompt,
         }
         for flag, value in unsupported.items():

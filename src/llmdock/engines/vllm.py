@@ -60,10 +60,12 @@ class Vllm(Engine):
             argv += ["--limit-mm-per-prompt", limit_mm_arg(s.limit_mm_per_prompt, launch.version)]
         if launch.tensor_parallel_size:
             argv += ["--tensor-parallel-size", str(launch.tensor_parallel_size)]
-        if s.gpu_memory_utilization is not None:
-            argv += ["--gpu-memory-utilization", f"{s.gpu_memory_utilization:g}"]
-        if s.max_model_len is not None:
-            argv += ["--max-model-len", str(s.max_model_len)]
+        if launch.gpu_memory_utilization is not None:
+            argv += ["--gpu-memory-utilization", f"{launch.gpu_memory_utilization:g}"]
+        if launch.max_model_len is not None:
+            argv += ["--max-model-len", str(launch.max_model_len)]
+        if launch.kv_cache_dtype:
+            argv += ["--kv-cache-dtype", launch.kv_cache_dtype]
         return argv + s.extra_args
 
 

@@ -76,12 +76,14 @@ def labels_for(
     spec: dict[str, Any],
     served_name: str,
     health_path: str,
+    model_dir: str = "",
 ) -> dict[str, str]:
     """The ``io.llmdock.*`` labels: enough to list, route to and re-adopt a deployment without the DB."""
     return {
         MANAGED: "true",
         f"{LABEL}.name": name,
         f"{LABEL}.model": model,
+        f"{LABEL}.model-dir": model_dir,
         f"{LABEL}.engine": engine,
         f"{LABEL}.port": str(port),
         f"{LABEL}.gpus": ",".join(map(str, gpus)),

@@ -2,6 +2,8 @@
 
 Syntax, as in ``docker run --gpus``: ``all``, ``none``, a bare number ``N`` (any N GPUs), or indices
 ``0,1,2`` / ``device=3`` (a single index needs the ``device=`` form or a trailing comma: ``3,``).
+``auto`` (the default for GPU engines) offers every free GPU and lets the planner take the fewest
+that fit the model.
 """
 
 from __future__ import annotations
@@ -11,20 +13,20 @@ from dataclasses import dataclass
 from llmdock.errors import GpuUnavailable, InvalidSpec
 from llmdock.planning.inventory import Inventory
 
-HINT = "use --gpus all, none, a count like 2, or indices like 0,1 (one index: device=3)"
+HINT = "use --gpus auto, all, none, a count like 2, or indices like 0,1 (one index: device=3)"
 
 
 @dataclass(frozen=True)
 class GpuRequest:
-    kind: str  # "all" | "none" | "count" | "indices"
+    kind: str  # "auto" | "all" | "none" | "count" | "indices"
     count: int = 0
     indices: tuple[int, ...] = ()
 
 
 def parse_gpus(text: str) -> GpuRequest:
     text = text.strip().lower()
-    if text == "all":
-        return GpuRequest("all")
+    if text in ("all", "auto"):
+        return GpuRequest(text)
     if text in ("none", "", "cpu"):
         return GpuRequest("none")
     body = text.removeprefix("device=")
@@ -58,6 +60,14 @@ def choose_gpus(request: GpuRequest, inv: Inventory, *, owner: str, share: bool)
         )
     if request.kind == "all":
         chosen = tuple(present)
+    elif request.kind == "auto":
+        free = tuple(i for i in present if share or i not in held)
+        if not free:
+            raise GpuUnavailable(
+                f"every GPU is held by a deployment ({', '.join(sorted(set(held.values())))})",
+                "stop one (`llmdock ps`), or add --share-gpus",
+            )
+        return free
     elif request.kind == "count":
         free = [i for i in present if share or i not in held]
         if len(free) < request.count:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmdock.engines import Launch, get_engine
 from llmdock.errors import ImageMissing, InvalidSpec, LlmdockError, RuntimeUnavailable
@@ -19,6 +19,11 @@ from llmdock.planning.inventory import Inventory
 from llmdock.planning.ports import choose_port
 from llmdock.spec import DeploymentSpec
 
+if TYPE_CHECKING:
+    from llmdock.modelfacts import ModelFacts
+    from llmdock.planning.fit import Fit
+
+DEFAULT_UTILIZATION = 0.9  # vLLM's default
 MOUNT_ROOT = "/work"  # where the procedure mounted weights; kept so paths look familiar
 DEFAULT_ENV = {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "VLLM_NO_USAGE_STATS": "1"}
 
@@ -35,6 +40,7 @@ class Plan:
     container: ContainerConfig
     spec_hash: str
     problems: tuple[str, ...] = field(default=())
+    fit: Fit | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +55,7 @@ class Plan:
             "command": self.argv,
             "container": self.container.to_dict(),
             "problems": list(self.problems),
+            "fit": self.fit.to_dict() if self.fit else None,
         }
 
 
@@ -62,8 +69,14 @@ def make_plan(
     engine_version: str | None = None,
     image_present: bool = True,
     strict: bool = True,
+    facts: ModelFacts | None = None,
 ) -> Plan:
-    """Decide GPUs, port, TP size, argv and container for ``spec``; raise the first problem if strict."""
+    """Decide GPUs, port, TP size, argv and container for ``spec``; raise the first problem if strict.
+
+    With ``facts`` (config.json + weight sizes) a GPU engine's deployment is fitted by the memory
+    planner: it picks the GPUs (fewest that fit for ``--gpus auto``), the TP size and the context
+    length, and refuses what cannot fit, naming the nearest alternatives that do.
+    """
     engine = get_engine(spec.engine)
     spec = spec.with_image(image)
     problems: list[str] = []
@@ -94,8 +107,33 @@ def make_plan(
             )
         )
     tp = spec.tensor_parallel_size
+    max_len, util, fitted = spec.max_model_len, spec.gpu_memory_utilization, None
+    if facts is not None and engine.uses_gpus and gpus and inv.gpus:
+        from llmdock.planning.fit import fit
+
+        try:
+            fitted = fit(
+                facts,
+                [g for g in inv.gpus if g.index in gpus],
+                tp=tp,
+                max_model_len=spec.max_model_len,
+                gpu_memory_utilization=spec.gpu_memory_utilization,
+                kv_cache_dtype=spec.kv_cache_dtype,
+                dtype=spec.dtype,
+                requested_gpus=None if request.kind == "auto" else gpus,
+            )
+        except LlmdockError as e:
+            check(e)
+        else:
+            gpus, tp, max_len = fitted.gpus, fitted.tp, fitted.max_model_len
+            if util is None and fitted.gpu_memory_utilization != DEFAULT_UTILIZATION:
+                util = fitted.gpu_memory_utilization  # lowered: other processes use part of a GPU
+    if request.kind == "auto" and fitted is None:
+        gpus = gpus[: tp or 1]  # without model facts: one GPU, or one per TP rank
     if tp is None and engine.uses_gpus and len(gpus) > 1:
         tp = len(gpus)
+    if tp == 1 and spec.tensor_parallel_size is None:
+        tp = None  # the engine's default; keeps the command as short as the user's own
     if tp is not None and gpus and tp > len(gpus):
         check(
             InvalidSpec(
@@ -113,7 +151,14 @@ def make_plan(
 
     model_path = str(PurePosixPath(MOUNT_ROOT) / PurePosixPath(model_dir).name)
     launch = Launch(
-        spec=spec, model_path=model_path, port=port, tensor_parallel_size=tp, version=engine_version
+        spec=spec,
+        model_path=model_path,
+        port=port,
+        tensor_parallel_size=tp,
+        version=engine_version,
+        max_model_len=max_len,
+        gpu_memory_utilization=util,
+        kv_cache_dtype=spec.kv_cache_dtype,
     )
     argv = engine.argv(launch)
     served = engine.served_name(launch)
@@ -133,6 +178,7 @@ def make_plan(
             spec=spec.to_dict(),
             served_name=served,
             health_path=engine.health_path,
+            model_dir=model_dir,
         ),
         gpu_ids=gpus,
         network_mode=spec.network,
@@ -151,4 +197,5 @@ def make_plan(
         container=container,
         spec_hash=spec_hash,
         problems=tuple(problems),
+        fit=fitted,
     )

@@ -19,6 +19,7 @@ class Deployment:
     name: str
     state: str  # created | running | restarting | exited | dead | paused
     model: str = ""
+    model_dir: str = ""
     engine: str = ""
     port: int | None = None
     gpus: tuple[int, ...] = ()
@@ -56,6 +57,7 @@ class Deployment:
         return cls(
             name=label("name"),
             model=label("model"),
+            model_dir=label("model-dir"),
             engine=label("engine"),
             port=int(port) if port.isdigit() else None,
             gpus=gpus,
