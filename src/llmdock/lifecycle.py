@@ -53,19 +53,53 @@ def _docker_line(plan: Plan) -> str:
     return docker_run_line(plan.container)
 
 
-def resolve_model_dir(model: str) -> Path:
-    """A local weights directory, checked: it must exist and hold a config.json."""
+@dataclass(frozen=True)
+class PullOptions:
+    """How ``up`` brings a hub model (``ORG/NAME``) that is not in the store yet."""
+
+    pull: bool = True
+    source: str = "modelscope"
+    revision: str | None = None
+    allow_system_disk: bool = False
+    progress: Callable[[dict[str, Any]], None] | None = None
+
+
+def resolve_model_dir(model: str, models_dir: Path, opts: PullOptions | None = None) -> Path:
+    """A weights directory holding config.json: a local directory as is, or ``ORG/NAME`` from the
+    store, pulled first when missing (unless ``opts.pull`` is false)."""
+    opts = opts or PullOptions(pull=False)
     path = Path(model).expanduser()
     if not path.exists():
-        raise NotFound(
-            f"model {model!r} is neither a local directory nor a known model",
-            "give the directory that holds config.json and the weights (e.g. /data/models/Qwen2.5-7B-Instruct)",
-        )
+        from llmdock.models import resolve
+        from llmdock.models.names import looks_like_path
+
+        if looks_like_path(model) or model.count("/") != 1:
+            raise NotFound(
+                f"model {model!r} is neither a local directory nor a hub ID like ORG/NAME",
+                "give the directory that holds config.json (e.g. /data/models/Qwen2.5-7B-Instruct) "
+                "or a hub ID such as Qwen/Qwen2.5-7B-Instruct",
+            )
+        kwargs: dict[str, Any] = {"source": opts.source, "revision": opts.revision}
+        if opts.pull:
+            kwargs["allow_system_disk"] = opts.allow_system_disk
+            if opts.progress is not None:
+                kwargs["progress"] = opts.progress
+        path = resolve(model, models_dir=models_dir, no_pull=not opts.pull, **kwargs)
     if not path.is_dir() or not (path / "config.json").is_file():
         raise InvalidSpec(
             f"{model!r} has no config.json", "point MODEL at the directory that holds config.json"
         )
     return path.resolve()
+
+
+def model_facts(model_dir: Path) -> Any:
+    """Planner facts from config.json and the safetensors headers; None when they cannot be read."""
+    from llmdock.modelfacts import load_model_facts
+
+    try:
+        return load_model_facts(model_dir)
+    except (OSError, ValueError, KeyError, TypeError, LlmdockError):
+        return None
 
 
 def detect_gpus() -> tuple[Gpu, ...]:
@@ -76,13 +110,22 @@ def detect_gpus() -> tuple[Gpu, ...]:
 
 
 class Lifecycle:
-    def __init__(self, settings: Settings, runtime: Runtime, store: Store) -> None:
+    def __init__(
+        self, settings: Settings, runtime: Runtime, store: Store, pull: PullOptions | None = None
+    ) -> None:
         self.settings = settings
         self.runtime = runtime
         self.store = store
+        self.pull = pull or PullOptions()
+
+    def used_by(self, model_dir: Path) -> list[str]:
+        """Deployments whose weights are ``model_dir`` (``models rm`` refuses to remove those)."""
+        target = str(model_dir.resolve())
+        return [d.name for d in self.runtime.deployments() if d.model_dir == target]
 
     # ---- inventory -------------------------------------------------------------------------------
-    def inventory(self, *, exclude_port: int | None = None) -> Inventory:
+    def inventory(self, *, exclude_port: int | None = None, assume_gpus: tuple[Gpu, ...] = ()) -> Inventory:
+        """This host as the planner sees it; ``assume_gpus`` replaces the real GPUs (what-if plans)."""
         deployments = self.runtime.deployments()
         holdings = tuple(
             Holding(d.name, d.port, d.gpus if d.state in ("running", "restarting", "created") else ())
@@ -90,11 +133,11 @@ class Lifecycle:
         )
         listening = hostinfo.listening_ports() - ({exclude_port} if exclude_port else set())
         return Inventory(
-            gpus=detect_gpus(),
+            gpus=assume_gpus or detect_gpus(),
             listening_ports=frozenset(listening),
             ephemeral_ports=hostinfo.ephemeral_range(),
             holdings=holdings,
-            gpu_runtime=self.runtime.has_gpu_runtime(),
+            gpu_runtime=bool(assume_gpus) or self.runtime.has_gpu_runtime(),
         )
 
     def engine_version(self, image: str, engine_name: str) -> tuple[str | None, bool]:
@@ -112,19 +155,33 @@ class Lifecycle:
         self.store.save_engine_version(image_id, engine_name, version)
         return version, True
 
-    def plan(self, spec: DeploymentSpec, *, strict: bool = True, exclude_port: int | None = None) -> Plan:
-        model_dir = resolve_model_dir(spec.model) if strict or Path(spec.model).exists() else Path(spec.model)
+    def plan(
+        self,
+        spec: DeploymentSpec,
+        *,
+        strict: bool = True,
+        exclude_port: int | None = None,
+        assume_gpus: tuple[Gpu, ...] = (),
+    ) -> Plan:
+        """The plan ``up`` carries out. Not strict (a dry run): never pulls, reports problems instead."""
+        try:
+            model_dir = resolve_model_dir(spec.model, self.settings.models_dir, self.pull if strict else None)
+        except LlmdockError:
+            if strict:
+                raise
+            model_dir = Path(spec.model)
         image = spec.image or self.settings.image(spec.engine)
         version, present = self.engine_version(image, spec.engine)
         return make_plan(
             spec,
-            self.inventory(exclude_port=exclude_port),
+            self.inventory(exclude_port=exclude_port, assume_gpus=assume_gpus),
             model_dir=str(model_dir),
             image=image,
             port_range=self.settings.port_range,
             engine_version=version,
             image_present=present,
             strict=strict,
+            facts=model_facts(model_dir) if model_dir.is_dir() else None,
         )
 
     # ---- up ----------------------------------------------------------------------------------------
@@ -137,9 +194,15 @@ class Lifecycle:
         timeout: float = DEFAULT_TIMEOUT_S,
         dry_run: bool = False,
         on_phase: Callable[[str], None] | None = None,
+        assume_gpus: tuple[Gpu, ...] = (),
     ) -> UpResult:
         if dry_run:
-            return UpResult(self.plan(spec, strict=False), "dry-run")
+            return UpResult(self.plan(spec, strict=False, assume_gpus=assume_gpus), "dry-run")
+        if assume_gpus:
+            raise InvalidSpec(
+                "--assume-gpus is for planning only", "use it with `llmdock plan` or `up --dry-run`"
+            )
+
         existing = self.runtime.get(spec.name)
         exclude = existing.port if existing is not None and replace else None
         if existing is not None and not replace:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 if TYPE_CHECKING:
-    from llmdock.lifecycle import Lifecycle, UpResult
+    from llmdock.lifecycle import Lifecycle, PullOptions, UpResult
+    from llmdock.planning.fit import Fit
 
 Name = Annotated[str, typer.Argument(help="Deployment name (see `llmdock ps`).")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -17,14 +19,24 @@ Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the eng
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for readiness.")]
 
 
-def lifecycle() -> Lifecycle:
+def lifecycle(pull: PullOptions | None = None) -> Lifecycle:
     from llmdock import settings
     from llmdock.lifecycle import Lifecycle
     from llmdock.runtimes.docker import DockerRuntime
     from llmdock.state import Store
 
     s = settings.load()
-    return Lifecycle(s, DockerRuntime.connect(s.docker_host), Store(s.db_path))
+    return Lifecycle(s, DockerRuntime.connect(s.docker_host), Store(s.db_path), pull)
+
+
+def deployments_using(model_dir: Path) -> list[str]:
+    """For `models ls/rm`: deployments whose weights are ``model_dir`` (none known without Docker)."""
+    from llmdock.errors import RuntimeUnavailable
+
+    try:
+        return lifecycle().used_by(model_dir)
+    except RuntimeUnavailable:
+        return []
 
 
 @contextmanager
@@ -41,14 +53,19 @@ def phase_status(enabled: bool, what: str) -> Iterator[Callable[[str], None] | N
 
 def up(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="Local weights directory (holding config.json).")],
+    model: Annotated[
+        str, typer.Argument(help="Weights directory (holding config.json), or a hub ID ORG/NAME to pull.")
+    ],
     name: Annotated[str | None, typer.Option(help="Deployment/container name (default: from MODEL).")] = None,
     engine: Annotated[str, typer.Option(help="vllm | sglang | transformers.")] = "vllm",
     image: Annotated[
         str | None, typer.Option(help="Engine image (default per engine, see `config list`).")
     ] = None,
     gpus: Annotated[
-        str | None, typer.Option(help="all | none | N (a count) | 0,1 (indices; one index: device=3).")
+        str | None,
+        typer.Option(
+            help="auto (fewest that fit) | all | none | N (a count) | 0,1 (indices; one: device=3)."
+        ),
     ] = None,
     port: Annotated[str, typer.Option(help="Port the engine listens on, or auto.")] = "auto",
     tensor_parallel_size: Annotated[
@@ -64,6 +81,7 @@ def up(
         int | None, typer.Option("--max-model-len", "--max_model_len", help="Context length in tokens.")
     ] = None,
     dtype: Annotated[str | None, typer.Option(help="auto | bfloat16 | float16 | float32 ...")] = None,
+    kv_cache_dtype: Annotated[str | None, typer.Option(help="auto | fp8 (halves KV cache memory).")] = None,
     limit_mm_per_prompt: Annotated[
         str | None, typer.Option(help='Per-prompt media limits: image=5,video=5 or {"image":5}.')
     ] = None,
@@ -80,6 +98,15 @@ def up(
         bool, typer.Option(help="Show what would be created and run; create nothing.")
     ] = False,
     json_out: Json = False,
+    pull: Annotated[bool, typer.Option("--pull/--no-pull", help="Pull a hub model that is missing.")] = True,
+    source: Annotated[
+        str, typer.Option(help="Hub for ORG/NAME: modelscope | huggingface | auto.")
+    ] = "modelscope",
+    revision: Annotated[str | None, typer.Option(help="Hub revision to pull.")] = None,
+    allow_system_disk: Annotated[bool, typer.Option(help="Allow a big model on the system disk.")] = False,
+    assume_gpus: Annotated[
+        str | None, typer.Option(help="Plan for GPUs this host lacks: 8x80GiB, 4xH100 (dry run only).")
+    ] = None,
 ) -> None:
     """Deploy MODEL in a container and wait until it serves. Extra engine flags go after `--`.
 
@@ -99,6 +126,7 @@ def up(
         gpu_memory_utilization=gpu_memory_utilization,
         max_model_len=max_model_len,
         dtype=dtype,
+        kv_cache_dtype=kv_cache_dtype,
         limit_mm_per_prompt=limit_mm_per_prompt,
         served_model_name=served_model_name,
         env=env,
@@ -106,9 +134,24 @@ def up(
         share_gpus=share_gpus,
         extra_args=list(ctx.args),
     )
-    lc = lifecycle()
-    with phase_status(wait and not json_out and not dry_run, spec.name) as on_phase:
-        result = lc.up(spec, replace=replace, wait=wait, timeout=timeout, dry_run=dry_run, on_phase=on_phase)
+    from llmdock.cli.models import _progress
+    from llmdock.gpuinfo import parse_assume_gpus
+    from llmdock.lifecycle import PullOptions
+
+    assumed = parse_assume_gpus(assume_gpus) if assume_gpus else ()
+    with _progress(False, "pull") as bars:  # bars on stderr; --json keeps stdout to the one result
+        opts = PullOptions(pull, source, revision, allow_system_disk, None if json_out else bars)
+        lc = lifecycle(opts)
+        with phase_status(wait and not json_out and not dry_run, spec.name) as on_phase:
+            result = lc.up(
+                spec,
+                replace=replace,
+                wait=wait,
+                timeout=timeout,
+                dry_run=dry_run,
+                on_phase=on_phase,
+                assume_gpus=assumed,
+            )
     show_up(result, json_out)
 
 
@@ -132,6 +175,8 @@ def show_up(result: UpResult, json_out: bool) -> None:
         )
         for problem in plan.problems:
             out.print(f"[yellow]! {escape(problem)}[/yellow]")
+        if plan.fit is not None:
+            show_fit(plan.fit)
         out.print("[bold]engine command:[/bold]")
         out.print(escape(shlex.join(plan.argv)))
         out.print("[bold]equivalent docker command:[/bold]")
@@ -148,6 +193,30 @@ def show_up(result: UpResult, json_out: bool) -> None:
     out.print(f"  endpoint  {result.url}   model {escape(plan.served_name)}")
     out.print(f"  logs      llmdock logs -f {name}")
     out.print(f"  stop      llmdock stop {name}   (remove: llmdock rm -f {name})")
+
+
+def show_fit(fit: Fit) -> None:
+    """The planner's numbers: TP, context, KV capacity and where each GPU's memory goes."""
+    from rich.table import Table
+
+    from llmdock.cli.render import out
+
+    gib = 2**30
+    out.print(
+        f"[bold]fit:[/bold] TP {fit.tp} on GPUs {','.join(map(str, fit.gpus))}, max_model_len {fit.max_model_len}, "
+        f"utilization {fit.gpu_memory_utilization:g}, KV cache {fit.kv_tokens:,} tokens "
+        f"= {fit.concurrent_seqs:.1f} full-length sequences at once"
+    )
+    table = Table(box=None, header_style="bold")
+    cols = ("GPU", "total", "budget", "weights", "activation", "vision", "runtime", "graphs", "KV cache")
+    for col in cols:
+        table.add_column(col, justify="right")
+    for g in fit.per_gpu:
+        values = (g.total, g.budget, g.weights, g.activation, g.vision, g.runtime, g.cuda_graph, g.kv_cache)
+        table.add_row(str(g.index), *(f"{v / gib:.1f}G" for v in values))
+    out.print(table)
+    for note in fit.notes:
+        out.print(f"[dim]note: {note}[/dim]")
 
 
 def ps(json_out: Json = False) -> None:
@@ -222,6 +291,12 @@ def inspect(name: Name) -> None:
 
 def register(app: typer.Typer) -> None:
     app.command(context_settings={"allow_extra_args": True, "allow_interspersed_args": True})(up)
+    app.command(
+        "plan",
+        help="Show how MODEL would be deployed (GPUs, TP, context, memory per GPU, commands); create nothing. "
+        "Takes the same flags as `up`.",
+        context_settings={"allow_extra_args": True, "default_map": {"dry_run": True}},
+    )(up)
     for command in (ps, logs, stop, start, restart, rm, inspect):
         app.command()(command)
     app.command("ls", hidden=True)(ps)

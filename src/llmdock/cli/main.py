@@ -12,6 +12,7 @@ import typer
 
 from llmdock.cli import config as config_cmd
 from llmdock.cli import deploy
+from llmdock.cli import models as models_cmd
 from llmdock.cli import serve as serve_cmd
 
 app = typer.Typer(
@@ -23,6 +24,9 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 deploy.register(app)
+app.command("pull")(models_cmd.pull_command)
+app.add_typer(models_cmd.app, name="models")
+models_cmd.set_used_by(deploy.deployments_using)
 app.add_typer(config_cmd.app, name="config")
 serve_cmd.register(app)
 
