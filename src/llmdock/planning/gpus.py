@@ -61,13 +61,13 @@ def choose_gpus(request: GpuRequest, inv: Inventory, *, owner: str, share: bool)
     if request.kind == "all":
         chosen = tuple(present)
     elif request.kind == "auto":
-        free = tuple(i for i in present if share or i not in held)
-        if not free:
+        pool = tuple(i for i in present if share or i not in held)
+        if not pool:
             raise GpuUnavailable(
                 f"every GPU is held by a deployment ({', '.join(sorted(set(held.values())))})",
                 "stop one (`llmdock ps`), or add --share-gpus",
             )
-        return free
+        return pool
     elif request.kind == "count":
         free = [i for i in present if share or i not in held]
         if len(free) < request.count:
