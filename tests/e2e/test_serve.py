@@ -1,0 +1,105 @@
+"""``llmdock serve`` end to end: real containers (the CPU engine image, tiny model), the real gateway
+process and the real ``openai`` client — routing, streaming, usage, restart after a kill, on-demand
+start and idle stop."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import cli
+from tests.support.gateway import Served, serve
+
+
+def up(tiny_model: Path, name: str) -> str:
+    done = cli("up", str(tiny_model), "--engine", "transformers", "--name", name, "--json")
+    assert done.returncode == 0, done.stderr
+    return str(json.loads(done.stdout)["served_model_name"])
+
+
+def chat(gw: Served, model: str, stream: bool = False, timeout: float = 120) -> Any:
+    from openai import OpenAI
+
+    with OpenAI(base_url=gw.url + "/v1", api_key="none", max_retries=0, timeout=timeout) as client:
+        messages = [{"role": "user", "content": "hello"}]
+        if stream:
+            return list(
+                client.chat.completions.create(model=model, messages=messages, max_tokens=4, stream=True)
+            )
+        return client.chat.completions.create(model=model, messages=messages, max_tokens=4)
+
+
+def events(name: str) -> list[str]:
+    return [e["kind"] for e in json.loads(cli("inspect", name).stdout)["events"]]
+
+
+def wait_until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def ready(gw: Served, model: str) -> bool:
+    import httpx
+
+    data = httpx.get(gw.url + "/v1/models").json()["data"]
+    return any(m["id"] == model and m["llmdock"]["ready"] for m in data)
+
+
+@pytest.mark.docker
+def test_serve_routes_streams_and_restarts_a_killed_container(
+    home: Path, tmp_path: Path, engine_image: str, tiny_model: Path, name: str, docker_client: Any
+) -> None:
+    served = up(tiny_model, name)
+    with serve(tmp_path) as gw:
+        wait_until(lambda: ready(gw, served), 30, "the gateway to see the deployment")
+        reply = chat(gw, served)
+        assert reply.usage.completion_tokens > 0
+        assert chat(gw, name).choices  # the deployment name is an alias
+        chunks = chat(gw, served, stream=True)
+        assert len(chunks) >= 2 and all(c.choices for c in chunks)
+
+        docker_client.containers.get(name).kill()
+        wait_until(lambda: docker_client.containers.get(name).status != "running", 30, "the kill")
+        wait_until(lambda: ready(gw, served), 180, "the deployment to come back")
+        assert chat(gw, served).choices
+    kinds = events(name)
+    restarted_by_docker = docker_client.containers.get(name).attrs["RestartCount"] > 0
+    assert restarted_by_docker or ("crashed" in kinds and "restarted" in kinds), kinds
+    usage = json.loads(cli("usage", "--json").stdout)
+    assert usage[0]["model"] == served and usage[0]["requests"] >= 4 and usage[0]["completion_tokens"] > 0
+
+
+@pytest.mark.docker
+def test_on_demand_start_and_idle_stop(
+    home: Path, tmp_path: Path, engine_image: str, tiny_model: Path, name: str, docker_client: Any
+) -> None:
+    from llmdock import settings
+    from llmdock.gateway.keystore import KeyStore
+    from llmdock.gateway.routing import Policy
+    from llmdock.state import Store
+
+    served = up(tiny_model, name)
+    store = Store(settings.load().db_path)
+    KeyStore(store).set_policy(name, Policy(on_demand=True, idle_stop_s=4.0))
+    store.close()
+    assert cli("stop", name, "--timeout", "5").returncode == 0
+    with serve(tmp_path) as gw:
+        import httpx
+
+        listed = httpx.get(gw.url + "/v1/models").json()["data"]
+        assert [(m["id"], m["llmdock"]["ready"], m["llmdock"]["on_demand"]) for m in listed] == [
+            (served, False, True)
+        ]
+        t0 = time.monotonic()
+        assert chat(gw, served, timeout=300).choices  # held until the engine is ready
+        held_s = time.monotonic() - t0
+        assert held_s > 1
+        assert docker_client.containers.get(name).status == "running"
+        wait_until(lambda: docker_client.containers.get(name).status == "exited", 60, "the idle stop")
+    assert "on-demand" in events(name) and "idle-stopped" in events(name)
