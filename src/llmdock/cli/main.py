@@ -11,6 +11,7 @@ import sys
 import typer
 
 from llmdock.cli import config as config_cmd
+from llmdock.cli import demo as demo_cmd
 from llmdock.cli import deploy
 from llmdock.cli import models as models_cmd
 from llmdock.cli import serve as serve_cmd
@@ -28,6 +29,7 @@ app.command("pull")(models_cmd.pull_command)
 app.add_typer(models_cmd.app, name="models")
 models_cmd.set_used_by(deploy.deployments_using)
 app.add_typer(config_cmd.app, name="config")
+app.command("demo")(demo_cmd.demo)
 serve_cmd.register(app)
 
 

@@ -34,6 +34,9 @@ def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     staging = dest.with_name(dest.name + ".partial")
     staging.mkdir(parents=True, exist_ok=True)
@@ -67,8 +70,16 @@ def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
         dtype="float32",
     )
     model = Qwen2ForCausalLM(Qwen2Config(**config_kwargs))
+    # Tokens that print nothing readable (special tokens, whitespace, stray UTF-8 bytes) get a zero
+    # embedding, so with tied weights their logit is 0 and greedy decoding prefers printable words.
+    with torch.no_grad():
+        for token_id in range(len(tokenizer)):
+            text = tokenizer.decode([token_id])
+            if not text.strip() or "\ufffd" in text or text in SPECIALS:
+                model.model.embed_tokens.weight[token_id] = 0.0
     model.generation_config.max_new_tokens = 16
     model.generation_config.do_sample = False
+    model.generation_config.repetition_penalty = 1.5  # random weights otherwise repeat one token
     model.save_pretrained(staging, safe_serialization=True)
     (staging / "llmdock-tiny.json").write_text(
         json.dumps({"built_by": "llmdock.demo.tinymodel", "seed": seed})
