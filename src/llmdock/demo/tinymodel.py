@@ -36,7 +36,7 @@ def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     staging = dest.with_name(dest.name + ".partial")
     staging.mkdir(parents=True, exist_ok=True)
