@@ -306,11 +306,8 @@ class Lifecycle:
         timeout: float = DEFAULT_TIMEOUT_S,
         on_phase: Callable[[str], None] | None = None,
     ) -> float | None:
-        dep = self.get(name)
-        self.runtime.stop(name, timeout=STOP_TIMEOUT_S)
-        self.runtime.start(name)
-        self.store.record(name, "restarted")
-        return self._wait(dep, wait, timeout, on_phase)
+        self.stop(name)
+        return self.start(name, wait=wait, timeout=timeout, on_phase=on_phase)
 
     def _wait(
         self, dep: Deployment, wait: bool, timeout: float, on_phase: Callable[[str], None] | None
