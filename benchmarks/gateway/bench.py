@@ -45,8 +45,8 @@ SPACED_SSE_BODY = json.dumps(
 RATES = [25, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000]
 NGINX_CONF = """worker_processes 1; daemon off; pid {dir}/nginx.pid; error_log {dir}/error.log warn;
 events {{ worker_connections 16384; }}
-http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir};
-  upstream up {{ server 127.0.0.1:{up}; keepalive 512; }}
+http {{ access_log off; keepalive_requests 10000000; keepalive_timeout 300s; client_body_temp_path {dir}; proxy_temp_path {dir};
+  upstream up {{ server 127.0.0.1:{up}; keepalive 512; keepalive_requests 10000000; }}
   server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://up; proxy_http_version 1.1;
     proxy_set_header Connection ""; proxy_buffering off; proxy_request_buffering off; }} }} }}
 """
@@ -204,7 +204,9 @@ def main() -> None:
     args = ap.parse_args()
     os.sched_setaffinity(0, {1})
     tmp = Path(tempfile.mkdtemp(prefix="gwbench-"))
-    results: dict[str, object] = {
+    out_path = HERE / "results.json"
+    results: dict[str, object] = json.loads(out_path.read_text()) if out_path.exists() else {}
+    results |= {
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
         "setup": "gateway on CPU 0; mock upstream (raw asyncio + uvloop) and load generator on CPU 1; loopback",
     }
@@ -242,11 +244,13 @@ def main() -> None:
                 time.sleep(1.5)  # first health probe
                 print("llmdock", flush=True)
                 results["llmdock"] = run_all(LLMDOCK, key, p.pid, args)
+            out_path.write_text(json.dumps(results, indent=2) + "\n")
         if "bare" in only:
             argv = [py, str(HERE / "bare_aiohttp.py"), str(BARE), str(UP)]
             with process(argv, 0, BARE, log=tmp / "bare.log") as p:
                 print("bare aiohttp", flush=True)
                 results["bare_aiohttp"] = run_all(BARE, None, p.pid, args)
+            out_path.write_text(json.dumps(results, indent=2) + "\n")
         if "nginx" in only and shutil.which("nginx"):
             (tmp / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp, up=UP, port=NGINX))
             with process(
@@ -288,7 +292,7 @@ def main() -> None:
                 results["litellm"] = run_all(LITELLM, None, p.pid, args, rounds=3, per_round=50) | {
                     "version": version
                 }
-    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    out_path.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(summary(results), indent=2))
 
 

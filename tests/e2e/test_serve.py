@@ -41,7 +41,7 @@ def wait_until(check: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 def ready(gw: Served, model: str) -> bool:
@@ -65,7 +65,7 @@ def test_serve_routes_streams_and_restarts_a_killed_container(
         assert len(chunks) >= 2 and all(c.choices for c in chunks)
 
         docker_client.containers.get(name).kill()
-        wait_until(lambda: docker_client.containers.get(name).status != "running", 30, "the kill")
+        wait_until(lambda: not ready(gw, served), 30, "the gateway to notice the kill")
         wait_until(lambda: ready(gw, served), 180, "the deployment to come back")
         assert chat(gw, served).choices
     kinds = events(name)

@@ -212,3 +212,17 @@ def test_exposure_rule() -> None:
     check_exposure("0.0.0.0", insecure=True, has_keys=False)
     with pytest.raises(LlmdockError, match="without any API key"):
         check_exposure("0.0.0.0", insecure=False, has_keys=False)
+
+
+def test_route_objects_survive_rebuilds_so_in_flight_counts_stay_true() -> None:
+    table = RouteTable()
+    table.rebuild([target("m", 1)], {})
+    route = table.routes["m"]
+    route.outstanding += 1  # a request starts
+    table.rebuild([target("m", 1)], {"m": Policy(idle_stop_s=5)})
+    route.outstanding -= 1  # and ends after the rebuild
+    assert table.routes["m"] is route and route.outstanding == 0 and route.policy.idle_stop_s == 5
+    restarted = Target("m", "m", "http://127.0.0.1:1", "m:1", True, started_at="later")
+    route.replicas[0].healthy = True
+    table.rebuild([restarted], {})
+    assert not route.replicas[0].healthy  # a new process is probed before it gets traffic

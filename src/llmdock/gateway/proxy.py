@@ -124,15 +124,19 @@ class Proxy:
             model = route.served_name
             self.auth.authorize(record, payload["model"], (route.served_name, route.name, *route.aliases))
             stream = payload.get("stream") is True
-            injected = False
+            injected = rewrite = False
+            if payload["model"] != route.served_name:  # an alias: the engine knows only its served name
+                payload["model"] = route.served_name
+                rewrite = True
             if stream and not wants_usage(payload) and request.path in STREAM_USAGE_PATHS:
                 opts = payload.get("stream_options")
                 payload["stream_options"] = {
                     **(opts if isinstance(opts, dict) else {}),
                     "include_usage": True,
                 }
+                injected = rewrite = True
+            if rewrite:
                 body = json.dumps(payload).encode()
-                injected = True
             return await self.forward(request, route, body, record, injected, t0)
         except GatewayError as e:
             self.metrics.error(model, key, e.code, e.status)

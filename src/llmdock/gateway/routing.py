@@ -3,7 +3,7 @@
 A *route* is one deployment: the names clients may send as ``model`` (its served name, plus its
 deployment name and model path as aliases) and its replicas. Replicas are the containers that carry the
 deployment's name label, each with its own port. The table is rebuilt from the runtime's listing every
-second; :meth:`RouteTable.rebuild` keeps each replica object (and its outstanding count) across rebuilds.
+second; :meth:`RouteTable.rebuild` keeps route and replica objects (and their outstanding counts) across rebuilds.
 
 Example::
 
@@ -33,6 +33,7 @@ class Target:
     aliases: tuple[str, ...] = ()
     state: str = "running"
     exit_code: int | None = None
+    started_at: str = ""  # a new start (a restart) means a new process: health is probed again
 
 
 @dataclass(frozen=True)
@@ -108,22 +109,26 @@ class RouteTable:
         """Replace the table from a fresh listing, keeping replica objects whose key is unchanged."""
         old = {r.target.key: r for route in self.routes.values() for r in route.replicas}
         routes: dict[str, Route] = {}
+        replicas: dict[str, list[Replica]] = {}
         for t in targets:
             route = routes.get(t.deployment)
             if route is None:
-                prev = self.routes.get(t.deployment)
-                route = Route(t.deployment, t.served_name, t.aliases)
-                if prev is not None:
-                    route.last_used, route.outstanding = prev.last_used, prev.outstanding
+                # Route objects live as long as the deployment: requests in flight hold and count on them.
+                route = self.routes.get(t.deployment) or Route(t.deployment, t.served_name, t.aliases)
+                route.served_name, route.aliases = t.served_name, t.aliases
                 routes[t.deployment] = route
+                replicas[t.deployment] = []
             replica = old.get(t.key)
             if replica is None:
                 replica = Replica(t)
             else:
-                if not t.running or t.base_url != replica.target.base_url:
+                moved = (t.base_url, t.started_at) != (replica.target.base_url, replica.target.started_at)
+                if not t.running or moved:
                     replica.healthy = False
                 replica.target = t
-            route.replicas.append(replica)
+            replicas[t.deployment].append(replica)
+        for name, route in routes.items():
+            route.replicas = replicas[name]
         by_model: dict[str, Route] = {}
         for route in routes.values():
             route.policy = policies.get(route.name, Policy())

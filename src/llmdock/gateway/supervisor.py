@@ -118,6 +118,7 @@ class DockerSource:
                     aliases=aliases,
                     state=d.state,
                     exit_code=d.exit_code,
+                    started_at=d.started_at,
                 )
             )
         return out
