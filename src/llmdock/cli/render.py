@@ -24,6 +24,8 @@ def print_error(e: LlmdockError) -> None:
     err.print(f"[bold red]error:[/bold red] {escape(e.message)}")
     if e.hint:
         err.print(f"[yellow]hint:[/yellow] {escape(e.hint)}")
+    for alternative in getattr(e, "alternatives", ())[1:]:
+        err.print(f"[yellow]  or:[/yellow] {escape(alternative)}")
 
 
 def print_json(data: Any) -> None:
