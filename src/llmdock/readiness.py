@@ -18,6 +18,8 @@ from llmdock.engines import Engine
 from llmdock.errors import EngineFailed, NotFound, ReadinessTimeout
 from llmdock.runtimes.base import Deployment, Runtime
 
+# Engines listen on this host: never route the probes through http_proxy/https_proxy.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 POLL_S = 0.1
 PHASE_EVERY_S = 1.0
 LOG_TAIL = 40
@@ -53,10 +55,10 @@ def current_phase(lines: list[str], engine: Engine) -> str | None:
 def probe(port: int, health_path: str, served_name: str, timeout: float = 2.0) -> bool:
     base = f"http://127.0.0.1:{port}"
     try:
-        with urllib.request.urlopen(base + health_path, timeout=timeout) as r:
+        with _DIRECT.open(base + health_path, timeout=timeout) as r:
             if r.status != 200:
                 return False
-        with urllib.request.urlopen(base + "/v1/models", timeout=timeout) as r:
+        with _DIRECT.open(base + "/v1/models", timeout=timeout) as r:
             ids = [m.get("id") for m in json.loads(r.read()).get("data", [])]
     except (OSError, urllib.error.URLError, ValueError):
         return False
@@ -74,6 +76,7 @@ def wait_ready(
 ) -> float:
     """Block until ``name`` is ready; return seconds waited. Raise EngineFailed / ReadinessTimeout."""
     start = time.monotonic()
+    restarts: int | None = None  # a restart count carried over from before this wait is history, not a crash
     deadline = start + timeout
     read_tail = tail or (lambda n, k: list(runtime.logs(n, tail=k)))
     last_phase_check = 0.0
@@ -84,7 +87,8 @@ def wait_ready(
             raise NotFound(
                 f"deployment {name!r} disappeared while starting", "someone removed it; run `up` again"
             )
-        if dep.dead:
+        restarts = dep.restart_count if restarts is None else restarts
+        if dep.state in ("exited", "dead", "restarting") or dep.restart_count > restarts:
             raise failed(dep, read_tail(name, LOG_TAIL), engine)
         if dep.port is not None and probe(dep.port, dep.health_path, dep.served_name):
             return time.monotonic() - start

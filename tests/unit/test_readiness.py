@@ -132,9 +132,26 @@ def test_exit_stops_waiting_at_once_with_diagnosis() -> None:
 
 def test_restarting_counts_as_dead() -> None:
     rt = MemoryRuntime()
-    rt.items["d"] = replace(running(1), restart_count=1)
+    rt.items["d"] = replace(running(1), state="restarting", restart_count=1)
     with pytest.raises(EngineFailed, match="before it became ready"):
         wait_ready(rt, "d", get_engine("vllm"), timeout=600)
+
+
+def test_an_old_restart_is_history_not_a_crash(server: http.server.ThreadingHTTPServer) -> None:
+    """A deployment the policy once restarted, healthy now: waiting on it must not call it failed."""
+    rt = MemoryRuntime()
+    rt.items["d"] = replace(running(server.server_address[1]), restart_count=2)
+    assert wait_ready(rt, "d", get_engine("vllm"), timeout=5) < 1
+
+
+def test_probes_ignore_http_proxy(
+    server: http.server.ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    rt = MemoryRuntime()
+    rt.items["d"] = running(server.server_address[1])
+    assert wait_ready(rt, "d", get_engine("vllm"), timeout=5) < 1
 
 
 def test_phases_are_reported() -> None:

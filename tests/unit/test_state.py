@@ -37,3 +37,17 @@ def test_store_round_trip(tmp_path: Path) -> None:
     assert store.deployment("a") is None and store.deployment_names() == []
     store.close()
     assert Store(tmp_path / "s.db").engine_version("sha256:1", "vllm") == "0.7.2"  # persisted
+
+
+def test_database_is_private_and_a_corrupt_one_is_a_clear_error(tmp_path: Path) -> None:
+    import pytest
+
+    from llmdock.errors import ConfigError
+
+    Store(tmp_path / "home" / "s.db").close()
+    assert (tmp_path / "home" / "s.db").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "home").stat().st_mode & 0o777 == 0o700
+    (tmp_path / "bad.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ConfigError) as e:
+        Store(tmp_path / "bad.db")
+    assert "mv " in e.value.hint

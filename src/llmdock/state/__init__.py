@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmdock.errors import ConfigError
 from llmdock.state.migrations import MIGRATIONS
 
 
@@ -31,11 +32,18 @@ class Store:
     """Small typed facade over the state database at ``path`` (created and migrated on open)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        migrate(self.db)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)  # it holds key hashes and usage: owner only
+        try:
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA busy_timeout=30000")
+            migrate(self.db)
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(
+                f"the state database {path} cannot be used: {e}",
+                f"move it aside (`mv {path} {path}.broken`); running deployments are re-adopted from Docker",
+            ) from e
 
     def close(self) -> None:
         self.db.close()
