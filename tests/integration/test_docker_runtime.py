@@ -71,7 +71,8 @@ def test_name_taken_by_a_foreign_container(docker_client: Any, engine_image: str
 
 def test_gpu_request_without_nvidia_runtime(docker_client: Any, engine_image: str, name: str) -> None:
     rt = DockerRuntime(docker_client)
-    assert rt.has_gpu_runtime() is False
+    if rt.has_gpu_runtime():
+        pytest.skip("this daemon has the NVIDIA runtime; the refusal cannot be shown here")
     cfg = config(name, engine_image, ["true"])
     gpu_cfg = ContainerConfig(**{**cfg.__dict__, "gpu_ids": (0,)})
     with pytest.raises(RuntimeUnavailable) as e:

@@ -176,3 +176,26 @@ def test_unknown_engine() -> None:
 
 def test_json_limit_is_valid_json() -> None:
     assert json.loads(limit_mm_arg({"image": 1}, "0.10.1")) == {"image": 1}
+
+
+@pytest.mark.parametrize(
+    ("engine", "extra", "option"),
+    [
+        ("vllm", ["--max-model-len", "1000000"], "--max-model-len"),
+        ("vllm", ["--max_model_len=1000000"], "--max-model-len"),
+        ("vllm", ["-tp", "2"], "--tensor-parallel-size"),
+        ("vllm", ["--port=9"], "--port"),
+        ("sglang", ["--context-length", "9"], "--max-model-len"),
+        ("transformers", ["--device", "cuda"], "--gpus"),
+    ],
+)
+def test_extra_args_cannot_override_planned_values(engine: str, extra: list[str], option: str) -> None:
+    spec = DeploymentSpec.create("/m/x", engine=engine, extra_args=extra)
+    with pytest.raises(InvalidSpec) as e:
+        get_engine(engine).argv(launch(spec))
+    assert "override" in e.value.message and option in e.value.hint
+
+
+def test_extra_args_that_llmdock_does_not_set_pass_through() -> None:
+    spec = DeploymentSpec.create("/m/x", extra_args=["--enable-prefix-caching", "--max-num-seqs=64"])
+    assert get_engine("vllm").argv(launch(spec))[-2:] == ["--enable-prefix-caching", "--max-num-seqs=64"]

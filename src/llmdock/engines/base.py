@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 from llmdock.errors import InvalidSpec
 from llmdock.spec import DeploymentSpec
@@ -98,9 +99,23 @@ class Engine:
     uses_gpus: bool = True
     phases: tuple[Phase, ...] = ()
     failures: tuple[Failure, ...] = ()
+    # Flags llmdock renders from its own options; repeating one after `--` would silently override
+    # the planned value (argparse keeps the last), so it is refused. Maps engine flag -> up option.
+    owned: ClassVar[dict[str, str]] = {}
 
     def argv(self, launch: Launch) -> list[str]:
         raise NotImplementedError
+
+    def check_extra(self, extra: list[str]) -> list[str]:
+        """Return ``extra`` unchanged, or refuse a flag llmdock already sets from its own options."""
+        for arg in extra:
+            flag = arg.split("=", 1)[0].replace("_", "-")
+            if flag in self.owned:
+                raise InvalidSpec(
+                    f"{arg.split('=', 1)[0]} after `--` would override what llmdock sets",
+                    f"give it to `llmdock up` as {self.owned[flag]} instead",
+                )
+        return extra
 
     def served_name(self, launch: Launch) -> str:
         """The model id the engine lists under /v1/models (its default is the model path)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 from llmdock.engines.base import Engine, Launch, failures, phases
 
@@ -26,6 +27,18 @@ class Sglang(Engine):
             "lower --max-model-len (--context-length) or raise --gpu-memory-utilization (--mem-fraction-static)",
         ),
     )
+
+    owned: ClassVar[dict[str, str]] = {
+        "--model-path": "MODEL",
+        "--host": "--network",
+        "--port": "--port",
+        "--served-model-name": "--served-model-name",
+        "--dtype": "--dtype",
+        "--tp-size": "--tensor-parallel-size",
+        "--mem-fraction-static": "--gpu-memory-utilization",
+        "--context-length": "--max-model-len",
+        "--kv-cache-dtype": "--kv-cache-dtype",
+    }
 
     def argv(self, launch: Launch) -> list[str]:
         s = launch.spec
@@ -51,4 +64,4 @@ class Sglang(Engine):
                 "sglang",
                 "drop it or use --engine vllm",
             )
-        return argv + s.extra_args
+        return argv + self.check_extra(s.extra_args)

@@ -6,6 +6,8 @@ has no tensor parallelism, context or memory flags, so those are refused rather 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from llmdock.engines.base import Engine, Launch, failures, phases
 
 
@@ -27,6 +29,13 @@ class Transformers(Engine):
         ),
     )
 
+    owned: ClassVar[dict[str, str]] = {
+        "--host": "--network",
+        "--port": "--port",
+        "--device": "--gpus",
+        "--dtype": "--dtype",
+    }
+
     def argv(self, launch: Launch) -> list[str]:
         s = launch.spec
         unsupported = {
@@ -46,7 +55,7 @@ class Transformers(Engine):
         argv += ["--device", device, "--log-level", "info"]
         if s.dtype:
             argv += ["--dtype", s.dtype]
-        return argv + s.extra_args
+        return argv + self.check_extra(s.extra_args)
 
     def served_name(self, launch: Launch) -> str:
         return launch.model_path

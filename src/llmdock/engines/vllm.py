@@ -8,6 +8,7 @@ Flag syntax that changed between releases:
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 from llmdock.engines.base import Engine, Launch, failures, parse_version, phases
 
@@ -47,6 +48,19 @@ class Vllm(Engine):
         ),
     )
 
+    owned: ClassVar[dict[str, str]] = {
+        "--port": "--port",
+        "--host": "--network",
+        "--served-model-name": "--served-model-name",
+        "--dtype": "--dtype",
+        "--limit-mm-per-prompt": "--limit-mm-per-prompt",
+        "--tensor-parallel-size": "--tensor-parallel-size",
+        "-tp": "--tensor-parallel-size",
+        "--gpu-memory-utilization": "--gpu-memory-utilization",
+        "--max-model-len": "--max-model-len",
+        "--kv-cache-dtype": "--kv-cache-dtype",
+    }
+
     def argv(self, launch: Launch) -> list[str]:
         s = launch.spec
         argv = ["vllm", "serve", launch.model_path, "--port", str(launch.port)]
@@ -66,7 +80,7 @@ class Vllm(Engine):
             argv += ["--max-model-len", str(launch.max_model_len)]
         if launch.kv_cache_dtype:
             argv += ["--kv-cache-dtype", launch.kv_cache_dtype]
-        return argv + s.extra_args
+        return argv + self.check_extra(s.extra_args)
 
 
 def limit_mm_arg(limits: dict[str, int], version: str | None) -> str:

@@ -33,7 +33,7 @@ def connect(base_url: str | None = None) -> Any:
     try:
         client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
         client.ping()
-    except docker.errors.DockerException as e:
+    except _errors() as e:
         if client is not None:
             client.close()
         raise RuntimeUnavailable(f"the Docker daemon is not reachable: {_reason(e)}", START_HINT) from e
@@ -59,6 +59,14 @@ def _check_reachable(url: str) -> None:
         ) from e
 
 
+def _errors() -> tuple[type[Exception], ...]:
+    """What the SDK raises: its own errors, and requests' for timeouts and dropped connections."""
+    import docker
+    import requests
+
+    return (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
 def _reason(e: Exception) -> str:
     explanation = getattr(e, "explanation", None)
     return (
@@ -80,6 +88,10 @@ def translate(e: Exception, name: str = "") -> LlmdockError:
     if isinstance(e, docker.errors.APIError) and e.status_code == 409:
         return Conflict(
             f"Docker refused: {reason}", f"remove the old one with `llmdock rm {name}` or pick --name"
+        )
+    if not isinstance(e, docker.errors.DockerException):
+        return RuntimeUnavailable(
+            f"Docker did not answer: {reason}", "check `docker info`; is the daemon overloaded?"
         )
     if isinstance(e, (docker.errors.APIError, docker.errors.DockerException)):
         return RuntimeUnavailable(f"Docker failed: {reason}", "see `docker info` and the daemon's log")
@@ -118,7 +130,7 @@ class DockerRuntime:
             container = self.client.containers.get(name)
         except docker.errors.NotFound:
             raise NotFound(f"no deployment named {name!r}", "list deployments with `llmdock ps`") from None
-        except docker.errors.DockerException as e:
+        except _errors() as e:
             raise translate(e, name) from e
         if container.labels.get(MANAGED) != "true":
             raise NotFound(
@@ -151,7 +163,7 @@ class DockerRuntime:
                     found.append(to_deployment(self.client.containers.get(summary["Id"])))
                 except docker.errors.NotFound:
                     continue
-        except docker.errors.DockerException as e:
+        except _errors() as e:
             raise translate(e) from e
         return sorted(found, key=lambda d: d.name)
 
@@ -198,11 +210,11 @@ class DockerRuntime:
             container = self.client.containers.create(**kwargs)
         except docker.errors.ImageNotFound:
             raise ImageMissing(cfg.image) from None
-        except docker.errors.DockerException as e:
+        except _errors() as e:
             raise translate(e, cfg.name) from e
         try:
             container.start()
-        except docker.errors.DockerException as e:
+        except _errors() as e:
             container.remove(force=True)
             raise translate(e, cfg.name) from e
         container.reload()
@@ -218,23 +230,25 @@ class DockerRuntime:
         self._call(name, "remove", force=force)
 
     def _call(self, name: str, method: str, **kwargs: Any) -> None:
-        import docker
 
         container = self._container(name)
         try:
             getattr(container, method)(**kwargs)
-        except docker.errors.DockerException as e:
+        except _errors() as e:
             raise translate(e, name) from e
 
     def logs(self, name: str, *, tail: int | None = None, follow: bool = False) -> Iterator[str]:
         container = self._container(name)
-        stream = container.logs(stream=True, follow=follow, tail=tail if tail is not None else "all")
         buf = b""
-        for chunk in stream:
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                yield line.decode("utf-8", "replace").rstrip("\r")
+        try:
+            stream = container.logs(stream=True, follow=follow, tail=tail if tail is not None else "all")
+            for chunk in stream:
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8", "replace").rstrip("\r")
+        except _errors() as e:
+            raise translate(e, name) from e
         if buf:
             yield buf.decode("utf-8", "replace")
 
@@ -251,11 +265,14 @@ class DockerRuntime:
             return str(self.client.images.get(image).id)
         except docker.errors.ImageNotFound:
             return None
-        except docker.errors.DockerException as e:
+        except _errors() as e:
             raise translate(e) from e
 
     def has_gpu_runtime(self) -> bool:
-        info = self.client.info()
+        try:
+            info = self.client.info()
+        except _errors() as e:
+            raise translate(e) from e
         runtimes = info.get("Runtimes") or {}
         return "nvidia" in runtimes or bool(
             info.get("CDISpecDirs") and "nvidia" in str(info.get("DefaultRuntime"))
@@ -263,7 +280,6 @@ class DockerRuntime:
 
     def run_probe(self, image: str, argv: list[str]) -> str:
         """Run ``argv`` once in a throwaway, network-less container of ``image``; return its stdout."""
-        import docker
 
         try:
             container = self.client.containers.create(
@@ -279,6 +295,6 @@ class DockerRuntime:
                 out = container.logs(stdout=True, stderr=False)
             finally:
                 container.remove(force=True)
-        except docker.errors.DockerException as e:
+        except _errors() as e:
             raise translate(e) from e
         return bytes(out).decode("utf-8", "replace").strip()
