@@ -7,7 +7,8 @@ The CLI renders them as one red line plus the hint; the gateway maps them to an 
     ├── InvalidSpec            a flag, name or value the user gave is wrong
     ├── ConfigError            the config file or an LLMDOCK_* variable is wrong
     ├── NotFound               no deployment / model / image of that name
-    │   └── ImageMissing       the engine image is not on this host
+    │   ├── ImageMissing       the engine image is not on this host
+    │   └── EnvMissing         the engine environment (local runtime) does not exist
     ├── Conflict               the request collides with what exists
     │   ├── PortTaken          an explicit port is already listened on or held
     │   ├── GpuUnavailable     GPU index missing, or held by another deployment
@@ -54,6 +55,16 @@ class ImageMissing(NotFound):
             "or choose another with --image / `llmdock config set image.ENGINE IMAGE`",
         )
         self.image = image
+
+
+class EnvMissing(NotFound):
+    def __init__(self, env: str, engine: str = "ENGINE") -> None:
+        super().__init__(
+            f"engine environment {env!r} does not exist",
+            f"create it with `llmdock env create {env} --engine {engine}`, "
+            "or name an existing one with --env NAME (`llmdock env ls` lists them)",
+        )
+        self.env = env
 
 
 class Conflict(LlmdockError):

@@ -6,7 +6,7 @@ nothing. Docker is the truth for what runs; the store keeps desired specs and hi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from llmdock.errors import EngineFailed, GpuUnavailable, InvalidSpec, LlmdockErr
 from llmdock.planning.inventory import Gpu, Holding, Inventory
 from llmdock.planning.plan import Plan, make_plan
 from llmdock.runtimes.base import Deployment, Runtime
+from llmdock.runtimes.multi import Member, Runtimes
 from llmdock.settings import Settings
 from llmdock.spec import DeploymentSpec
 from llmdock.state import Store
@@ -42,7 +43,7 @@ class UpResult:
             "action": self.action,
             "url": self.url,
             "ready_after_s": self.ready_after_s,
-            "docker_run": _docker_line(self.plan),
+            "docker_run": _docker_line(self.plan) if self.plan.spec.runtime == "docker" else None,
             **self.plan.to_dict(),
         }
 
@@ -110,23 +111,52 @@ def detect_gpus() -> tuple[Gpu, ...]:
 
 
 class Lifecycle:
+    """``up``/``stop``/``rm``… over one runtime, or several by name (``{"local": …, "docker": …}``,
+    members may be factories so Docker is connected only when a command needs it). A single runtime
+    serves as ``docker``. ``runtime`` is the view over all of them; ``runtimes.named(kind)`` one."""
+
     def __init__(
-        self, settings: Settings, runtime: Runtime, store: Store, pull: PullOptions | None = None
+        self,
+        settings: Settings,
+        runtime: Runtime | Mapping[str, Member],
+        store: Store,
+        pull: PullOptions | None = None,
     ) -> None:
         self.settings = settings
-        self.runtime = runtime
+        if isinstance(runtime, Mapping):
+            self.runtimes = Runtimes(runtime)
+            self.runtime: Runtime = self.runtimes
+        else:
+            self.runtimes = Runtimes({"docker": runtime})
+            self.runtime = runtime
         self.store = store
         self.pull = pull or PullOptions()
+
+    @property
+    def notes(self) -> list[str]:
+        """Why some deployments may be missing from a listing (e.g. Docker unreachable)."""
+        return self.runtimes.notes
 
     def used_by(self, model_dir: Path) -> list[str]:
         """Deployments whose weights are ``model_dir`` (``models rm`` refuses to remove those)."""
         target = str(model_dir.resolve())
-        return [d.name for d in self.runtime.deployments() if d.model_dir == target]
+        return [d.name for d in self.runtimes.deployments() if d.model_dir == target]
+
+    def resolve(self, spec: DeploymentSpec) -> DeploymentSpec:
+        """``spec`` with its image (docker) or engine environment (local) filled in from the defaults;
+        a local deployment without ``--env`` runs in the environment named after its engine."""
+        if spec.runtime == "local":
+            return spec.with_engine_env(spec.engine_env or spec.engine)
+        return spec.with_image(spec.image or self.settings.image(spec.engine))
 
     # ---- inventory -------------------------------------------------------------------------------
-    def inventory(self, *, exclude_port: int | None = None, assume_gpus: tuple[Gpu, ...] = ()) -> Inventory:
-        """This host as the planner sees it; ``assume_gpus`` replaces the real GPUs (what-if plans)."""
-        deployments = self.runtime.deployments()
+    def inventory(
+        self, *, exclude_port: int | None = None, assume_gpus: tuple[Gpu, ...] = (), runtime: str = "docker"
+    ) -> Inventory:
+        """This host as the planner sees it; ``assume_gpus`` replaces the real GPUs (what-if plans).
+        Deployments of every reachable runtime hold their ports and GPUs; ``runtime`` says whose GPU
+        access counts."""
+        deployments = self.runtimes.deployments()
         holdings = tuple(
             Holding(d.name, d.port, d.gpus if d.state in ("running", "restarting", "created") else ())
             for d in deployments
@@ -137,19 +167,23 @@ class Lifecycle:
             listening_ports=frozenset(listening),
             ephemeral_ports=hostinfo.ephemeral_range(),
             holdings=holdings,
-            gpu_runtime=bool(assume_gpus) or self.runtime.has_gpu_runtime(),
+            gpu_runtime=bool(assume_gpus) or self.runtimes.named(runtime).has_gpu_runtime(),
         )
 
-    def engine_version(self, image: str, engine_name: str) -> tuple[str | None, bool]:
-        """(version or None, image present). Probed once per image ID, then cached in the store."""
-        image_id = self.runtime.image_id(image)
+    def engine_version(
+        self, image: str, engine_name: str, runtime: str = "docker"
+    ) -> tuple[str | None, bool]:
+        """(version or None, image present). Probed once per image ID, then cached in the store.
+        For the local runtime ``image`` is the engine environment."""
+        rt = self.runtimes.named(runtime)
+        image_id = rt.image_id(image)
         if image_id is None:
             return None, False
         cached = self.store.engine_version(image_id, engine_name)
         if cached is not None:
             return cached, True
         try:
-            version = self.runtime.run_probe(image, get_engine(engine_name).version_probe()).splitlines()[-1]
+            version = rt.run_probe(image, get_engine(engine_name).version_probe()).splitlines()[-1]
         except (LlmdockError, IndexError):
             return None, True  # unknown: render the newest syntax
         self.store.save_engine_version(image_id, engine_name, version)
@@ -170,11 +204,12 @@ class Lifecycle:
             if strict:
                 raise
             model_dir = Path(spec.model)
-        image = spec.image or self.settings.image(spec.engine)
-        version, present = self.engine_version(image, spec.engine)
+        spec = self.resolve(spec)
+        image = spec.engine_env if spec.runtime == "local" and spec.engine_env else spec.image or ""
+        version, present = self.engine_version(image, spec.engine, spec.runtime)
         return make_plan(
             spec,
-            self.inventory(exclude_port=exclude_port, assume_gpus=assume_gpus),
+            self.inventory(exclude_port=exclude_port, assume_gpus=assume_gpus, runtime=spec.runtime),
             model_dir=str(model_dir),
             image=image,
             port_range=self.settings.port_range,
@@ -203,17 +238,16 @@ class Lifecycle:
                 "--assume-gpus is for planning only", "use it with `llmdock plan` or `up --dry-run`"
             )
 
-        existing = self.runtime.get(spec.name)
+        existing = self.runtimes.get(spec.name)
         exclude = existing.port if existing is not None and replace else None
         if existing is not None and not replace:
-            image = spec.image or self.settings.image(spec.engine)
-            if existing.spec_hash != spec.with_image(image).hash():
+            if existing.spec_hash != self.resolve(spec).hash():
                 raise SpecChanged(spec.name)
             self._adopt(existing)
             action = "unchanged"
             if not existing.running:
                 self._check_gpus_free(existing)
-                self.runtime.start(spec.name)
+                self.runtimes.start(spec.name)
                 self.store.record(spec.name, "started")
                 action = "started"
             plan = self.plan(spec, strict=False, exclude_port=existing.port)
@@ -221,11 +255,11 @@ class Lifecycle:
         plan = self.plan(spec, exclude_port=exclude)
         action = "created"
         if existing is not None:
-            self.runtime.remove(spec.name, force=True)
+            self.runtimes.remove(spec.name, force=True)
             self.store.record(spec.name, "replaced", existing.spec_hash)
             action = "replaced"
-        self.store.save_deployment(spec.name, plan.spec.to_dict(), plan.spec_hash)
-        dep = self.runtime.create(plan.container)
+        self.store.save_deployment(spec.name, plan.spec.to_dict(), plan.spec_hash, runtime=spec.runtime)
+        dep = self.runtimes.named(spec.runtime).create(plan.container)
         self.store.record(spec.name, "created", plan.spec_hash)
         return self._finish(UpResult(plan, action, dep), wait, timeout, on_phase)
 
@@ -237,29 +271,30 @@ class Lifecycle:
         from llmdock.readiness import wait_ready
 
         name = result.plan.spec.name
+        rt = self.runtimes.named(result.plan.spec.runtime)
         try:
             result.ready_after_s = wait_ready(
-                self.runtime, name, get_engine(result.plan.spec.engine), timeout=timeout, on_phase=on_phase
+                rt, name, get_engine(result.plan.spec.engine), timeout=timeout, on_phase=on_phase
             )
         except EngineFailed as e:
             # Stop the restart policy from looping on a deterministic failure; keep the logs for the user.
-            self.runtime.stop(name, timeout=5)
+            rt.stop(name, timeout=5)
             self.store.record(name, "failed", e.message)
             raise
         self.store.record(name, "ready", f"{result.ready_after_s:.2f}s")
-        result.deployment = self.runtime.get(name)
+        result.deployment = rt.get(name)
         return result
 
     def _adopt(self, dep: Deployment) -> None:
         """Record a container found in Docker but missing from the store (e.g. after a lost database)."""
         if self.store.deployment(dep.name) is None and dep.spec:
-            self.store.save_deployment(dep.name, dep.spec, dep.spec_hash)
+            self.store.save_deployment(dep.name, dep.spec, dep.spec_hash, runtime=dep.runtime)
             self.store.record(dep.name, "adopted")
 
     def _check_gpus_free(self, dep: Deployment) -> None:
         if dep.spec.get("share_gpus"):
             return
-        for other in self.runtime.deployments():
+        for other in self.runtimes.deployments():
             clash = set(other.gpus) & set(dep.gpus)
             if other.name != dep.name and other.running and clash:
                 raise GpuUnavailable(
@@ -269,17 +304,18 @@ class Lifecycle:
 
     # ---- the other verbs -------------------------------------------------------------------------------
     def ps(self) -> list[Deployment]:
-        return self.runtime.deployments()
+        """Deployments of every reachable runtime; :attr:`notes` says which could not be asked."""
+        return self.runtimes.deployments()
 
     def get(self, name: str) -> Deployment:
-        dep = self.runtime.get(name)
-        if dep is None:
-            raise NotFound(f"no deployment named {name!r}", "list deployments with `llmdock ps`")
-        return dep
+        return self.runtimes.find(name)[1]
+
+    def logs(self, name: str, *, tail: int | None = None, follow: bool = False) -> Iterator[str]:
+        return self.runtimes.logs(name, tail=tail, follow=follow)
 
     def stop(self, name: str, timeout: float = STOP_TIMEOUT_S) -> None:
         self.get(name)
-        self.runtime.stop(name, timeout=timeout)
+        self.runtimes.stop(name, timeout=timeout)
         self.store.record(name, "stopped")
 
     def start(
@@ -294,7 +330,7 @@ class Lifecycle:
         self._adopt(dep)
         if not dep.running:
             self._check_gpus_free(dep)
-            self.runtime.start(name)
+            self.runtimes.start(name)
             self.store.record(name, "started")
         return self._wait(dep, wait, timeout, on_phase)
 
@@ -316,7 +352,8 @@ class Lifecycle:
             return None
         from llmdock.readiness import wait_ready
 
-        return wait_ready(self.runtime, dep.name, get_engine(dep.engine), timeout=timeout, on_phase=on_phase)
+        rt = self.runtimes.named(dep.runtime)
+        return wait_ready(rt, dep.name, get_engine(dep.engine), timeout=timeout, on_phase=on_phase)
 
     def rm(self, name: str, *, force: bool = False) -> None:
         dep = self.get(name)
@@ -325,7 +362,7 @@ class Lifecycle:
                 f"{name!r} is running",
                 f"stop it first (`llmdock stop {name}`) or remove it anyway with `rm -f`",
             )
-        self.runtime.remove(name, force=True)
+        self.runtimes.remove(name, force=True)
         self.store.delete_deployment(name)
         self.store.record(name, "removed")
 

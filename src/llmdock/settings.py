@@ -42,6 +42,12 @@ KEYS: dict[str, Key] = {
     k.name: k
     for k in [
         Key("models_dir", "LLMDOCK_MODELS_DIR", "", "where weights live (default: $LLMDOCK_HOME/models)"),
+        Key(
+            "envs_dir",
+            "LLMDOCK_ENVS_DIR",
+            "",
+            "where venv engine environments go (default: $LLMDOCK_HOME/envs)",
+        ),
         Key("port_range", "LLMDOCK_PORT_RANGE", "8001-8999", "ports that --port auto picks from"),
         Key(
             "docker_host", "LLMDOCK_DOCKER_HOST", "", "Docker daemon URL (default: DOCKER_HOST or the socket)"
@@ -157,6 +163,15 @@ class Settings:
             if self.values["models_dir"]
             else self.home / "models"
         )
+
+    @property
+    def envs_dir(self) -> Path:
+        return Path(self.values["envs_dir"]).expanduser() if self.values["envs_dir"] else self.home / "envs"
+
+    @property
+    def local_dir(self) -> Path:
+        """State and logs of local-runtime deployments, one directory each."""
+        return self.home / "local"
 
     @property
     def port_range(self) -> tuple[int, int]:

@@ -24,6 +24,7 @@ ENGINES = ("vllm", "sglang", "transformers")
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 NETWORKS = ("host", "bridge")
+RUNTIMES = ("docker", "local")
 # Docker's own rule for container names, kept a bit shorter so labels and paths stay readable.
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -98,6 +99,25 @@ def default_name(model: str) -> str:
     return (base or "model")[:63]
 
 
+def _check_runtime(runtime: str, engine_env: str | None, image: str | None, network: str) -> None:
+    if runtime not in RUNTIMES:
+        raise InvalidSpec(f"unknown runtime {runtime!r}", "choose --runtime " + "|".join(RUNTIMES))
+    if runtime == "docker" and engine_env is not None:
+        raise InvalidSpec(
+            f"--env {engine_env} names an engine environment, which only the local runtime uses",
+            "add --runtime local (or give engine variables as --env KEY=VALUE)",
+        )
+    if runtime == "local" and image is not None:
+        raise InvalidSpec(
+            "--image is for the docker runtime",
+            "the local runtime runs the engine from --env NAME (`llmdock env ls`)",
+        )
+    if runtime == "local" and network != "host":
+        raise InvalidSpec("--network bridge needs Docker", "the local runtime always listens on the host")
+    if engine_env is not None and not engine_env.strip():
+        raise InvalidSpec("the engine environment name is empty", "give --env NAME (see `llmdock env ls`)")
+
+
 @dataclass(frozen=True)
 class DeploymentSpec:
     """A validated deployment request. Build it with :meth:`create`, which checks every field."""
@@ -119,6 +139,8 @@ class DeploymentSpec:
     network: str = "host"
     share_gpus: bool = False
     extra_args: list[str] = field(default_factory=list)
+    runtime: str = "docker"  # docker | local (a detached process in an engine environment)
+    engine_env: str | None = None  # local runtime: the environment (`llmdock env ls`) to run the engine in
 
     @classmethod
     def create(
@@ -141,6 +163,8 @@ class DeploymentSpec:
         network: str = "host",
         share_gpus: bool = False,
         extra_args: list[str] | None = None,
+        runtime: str = "docker",
+        engine_env: str | None = None,
     ) -> DeploymentSpec:
         if engine not in ENGINES:
             raise InvalidSpec(f"unknown engine {engine!r}", "choose --engine " + "|".join(ENGINES))
@@ -150,6 +174,7 @@ class DeploymentSpec:
                 f"name {name!r} is not allowed",
                 "use letters, digits, '.', '_' and '-', starting with a letter or digit (at most 63)",
             )
+        _check_runtime(runtime, engine_env, image, network)
         if network not in NETWORKS:
             raise InvalidSpec(f"unknown network mode {network!r}", "choose --network host|bridge")
         if dtype is not None and dtype not in DTYPES:
@@ -192,10 +217,15 @@ class DeploymentSpec:
             network=network,
             share_gpus=share_gpus,
             extra_args=list(extra_args or []),
+            runtime=runtime,
+            engine_env=engine_env,
         )
 
     def with_image(self, image: str) -> DeploymentSpec:
         return replace(self, image=image)
+
+    def with_engine_env(self, env: str) -> DeploymentSpec:
+        return replace(self, engine_env=env)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,5 +237,10 @@ class DeploymentSpec:
 
     def hash(self) -> str:
         """Stable digest of the request; equal specs give equal hashes."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        data = self.to_dict()
+        # Fields added later hash only when set, so deployments made before them keep their hash.
+        for key, default in (("runtime", "docker"), ("engine_env", None)):
+            if data.get(key) == default:
+                data.pop(key, None)
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -224,7 +224,10 @@ def test_bad_input_is_one_line_and_a_hint(
 
 
 def test_unreachable_daemon_says_how_to_start_it(home: Path) -> None:
-    done = cli("ps", env={"LLMDOCK_DOCKER_HOST": "unix:///tmp/llmdock-no-daemon.sock"})
+    no_daemon = {"LLMDOCK_DOCKER_HOST": "unix:///tmp/llmdock-no-daemon.sock"}
+    listed = cli("ps", env=no_daemon)  # local deployments are still listed, with a note
+    assert listed.returncode == 0 and "not reachable" in listed.stderr
+    done = cli("logs", "llmdock-no-such", env=no_daemon)
     assert done.returncode == 1 and "not reachable" in done.stderr and "dockerd" in done.stderr
 
 

@@ -12,6 +12,8 @@ import typer
 if TYPE_CHECKING:
     from llmdock.lifecycle import Lifecycle, PullOptions, UpResult
     from llmdock.planning.fit import Fit
+    from llmdock.runtimes.multi import Member
+    from llmdock.settings import Settings
 
 Name = Annotated[str, typer.Argument(help="Deployment name (see `llmdock ps`).")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -19,14 +21,37 @@ Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the eng
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for readiness.")]
 
 
+def runtimes(s: Settings) -> dict[str, Member]:
+    """Both runtimes, local first: Docker is connected only when a command reaches it, so local
+    deployments can be managed with dockerd stopped."""
+    from llmdock.envs import Envs
+    from llmdock.runtimes.docker import DockerRuntime
+    from llmdock.runtimes.local import LocalRuntime
+
+    return {
+        "local": LocalRuntime(s.local_dir, Envs(s.envs_dir)),
+        "docker": lambda: DockerRuntime.connect(s.docker_host),
+    }
+
+
 def lifecycle(pull: PullOptions | None = None) -> Lifecycle:
     from llmdock import settings
     from llmdock.lifecycle import Lifecycle
-    from llmdock.runtimes.docker import DockerRuntime
     from llmdock.state import Store
 
     s = settings.load()
-    return Lifecycle(s, DockerRuntime.connect(s.docker_host), Store(s.db_path), pull)
+    return Lifecycle(s, runtimes(s), Store(s.db_path), pull)
+
+
+def print_notes(notes: list[str]) -> None:
+    """Why a listing may be incomplete (e.g. Docker unreachable), on stderr."""
+    if notes:
+        from rich.markup import escape
+
+        from llmdock.cli.render import err
+
+        for note in notes:
+            err.print(f"[yellow]note:[/yellow] {escape(note)}")
 
 
 def deployments_using(model_dir: Path) -> list[str]:
@@ -86,7 +111,23 @@ def up(
         str | None, typer.Option(help='Per-prompt media limits: image=5,video=5 or {"image":5}.')
     ] = None,
     served_model_name: Annotated[str | None, typer.Option(help="Model name clients send.")] = None,
-    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE for the engine.")] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--env",
+            "-e",
+            help="KEY=VALUE for the engine; with --runtime local, NAME picks the engine environment.",
+        ),
+    ] = None,
+    runtime: Annotated[
+        str, typer.Option(help="docker (a container) | local (a process in an engine environment).")
+    ] = "docker",
+    engine_env: Annotated[
+        str | None,
+        typer.Option(
+            "--engine-env", help="Local runtime: environment to run in (default: the engine's name)."
+        ),
+    ] = None,
     network: Annotated[str, typer.Option(help="host (default, as the procedure) | bridge.")] = "host",
     share_gpus: Annotated[bool, typer.Option(help="Allow GPUs another deployment holds.")] = False,
     replace: Annotated[
@@ -115,6 +156,7 @@ def up(
     """
     from llmdock.spec import DeploymentSpec
 
+    variables, named_env = split_env(env or [], runtime)
     spec = DeploymentSpec.create(
         model,
         name=name,
@@ -129,10 +171,12 @@ def up(
         kv_cache_dtype=kv_cache_dtype,
         limit_mm_per_prompt=limit_mm_per_prompt,
         served_model_name=served_model_name,
-        env=env,
+        env=variables,
         network=network,
         share_gpus=share_gpus,
         extra_args=list(ctx.args),
+        runtime=runtime,
+        engine_env=engine_env or named_env,
     )
     from llmdock.cli.models import _progress
     from llmdock.gpuinfo import parse_assume_gpus
@@ -153,6 +197,19 @@ def up(
                 assume_gpus=assumed,
             )
     show_up(result, json_out)
+
+
+def split_env(values: list[str], runtime: str) -> tuple[list[str], str | None]:
+    """``--env KEY=VALUE`` sets engine variables; for the local runtime ``--env NAME`` (no ``=``)
+    names the engine environment, as the issue's ``up --runtime local --env NAME`` reads."""
+    names = [v for v in values if "=" not in v]
+    if runtime != "local" or not names:
+        return values, None
+    if len(names) > 1:
+        from llmdock.errors import InvalidSpec
+
+        raise InvalidSpec(f"--env names two environments: {', '.join(names)}", "give one --env NAME")
+    return [v for v in values if "=" in v], names[0]
 
 
 def show_up(result: UpResult, json_out: bool) -> None:
@@ -179,8 +236,11 @@ def show_up(result: UpResult, json_out: bool) -> None:
             show_fit(plan.fit)
         out.print("[bold]engine command:[/bold]")
         out.print(escape(shlex.join(plan.argv)))
-        out.print("[bold]equivalent docker command:[/bold]")
-        out.print(escape(docker_run_line(plan.container)))
+        if plan.spec.runtime == "local":
+            out.print(f"[bold]runs in engine environment[/bold] {escape(plan.spec.engine_env or '')}")
+        else:
+            out.print("[bold]equivalent docker command:[/bold]")
+            out.print(escape(docker_run_line(plan.container)))
         return
     verb = {
         "unchanged": "already running",
@@ -224,19 +284,23 @@ def ps(json_out: Json = False) -> None:
     from rich.table import Table
 
     from llmdock.cli.render import out, print_json
-    from llmdock.runtimes.docker import DockerRuntime
+    from llmdock.runtimes.multi import Runtimes
     from llmdock.settings import load
 
-    deps = DockerRuntime.connect(load().docker_host).deployments()
+    rts = Runtimes(runtimes(load()))
+    deps = rts.deployments()
+    print_notes(rts.notes)
     if json_out:
         print_json([{k: v for k, v in vars(d).items() if k != "spec"} for d in deps])
         return
     table = Table(box=None, header_style="bold")
-    for col in ("NAME", "STATE", "ENGINE", "PORT", "GPUS", "MODEL"):
+    for col in ("NAME", "STATE", "RUNTIME", "ENGINE", "PORT", "GPUS", "MODEL"):
         table.add_column(col)
     for d in deps:
-        state = d.state + (f" ({d.exit_code})" if d.state == "exited" else "")
-        table.add_row(d.name, state, d.engine, str(d.port or "-"), ",".join(map(str, d.gpus)) or "-", d.model)
+        state = d.state + (f" ({d.exit_code})" if d.state == "exited" and d.exit_code is not None else "")
+        state += " [red]crashed[/red]" if d.error else ""
+        gpus = ",".join(map(str, d.gpus)) or "-"
+        table.add_row(d.name, state, d.runtime, d.engine, str(d.port or "-"), gpus, d.model)
     out.print(table if deps else "no deployments (start one with `llmdock up MODEL`)")
 
 
@@ -248,7 +312,7 @@ def logs(
     """Print the engine's log (what `tail -f nohup.out` showed)."""
     import sys
 
-    for line in lifecycle().runtime.logs(name, tail=tail, follow=follow):
+    for line in lifecycle().logs(name, tail=tail, follow=follow):
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 

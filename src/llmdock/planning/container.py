@@ -28,7 +28,11 @@ class Mount:
 
 @dataclass(frozen=True)
 class ContainerConfig:
-    """Parameters for ``docker create``; :func:`docker_run_argv` renders the CLI equivalent."""
+    """Parameters for ``docker create``; :func:`docker_run_argv` renders the CLI equivalent.
+
+    The local runtime reads the same data as a process launch: ``image`` is then the engine
+    environment's name, ``entrypoint + command`` the argv, ``gpu_ids`` become CUDA_VISIBLE_DEVICES.
+    """
 
     image: str
     name: str
@@ -77,9 +81,12 @@ def labels_for(
     served_name: str,
     health_path: str,
     model_dir: str = "",
+    runtime: str = "docker",
+    engine_env: str = "",
 ) -> dict[str, str]:
     """The ``io.llmdock.*`` labels: enough to list, route to and re-adopt a deployment without the DB."""
-    return {
+    extra = {f"{LABEL}.runtime": runtime, f"{LABEL}.engine-env": engine_env} if runtime != "docker" else {}
+    return extra | {
         MANAGED: "true",
         f"{LABEL}.name": name,
         f"{LABEL}.model": model,

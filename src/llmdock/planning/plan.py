@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from llmdock.engines import Launch, get_engine
-from llmdock.errors import ImageMissing, InvalidSpec, LlmdockError, RuntimeUnavailable
+from llmdock.errors import EnvMissing, ImageMissing, InvalidSpec, LlmdockError, RuntimeUnavailable
 from llmdock.planning.container import ContainerConfig, Mount, labels_for
 from llmdock.planning.gpus import choose_gpus, parse_gpus
 from llmdock.planning.inventory import Inventory
@@ -147,9 +147,11 @@ def make_plan(
         check(e)
         port = spec.port or port_range[0]
     if not image_present:
-        check(ImageMissing(image))
+        check(EnvMissing(image, spec.engine) if spec.runtime == "local" else ImageMissing(image))
 
-    model_path = str(PurePosixPath(MOUNT_ROOT) / PurePosixPath(model_dir).name)
+    local = spec.runtime == "local"
+    # Docker mounts the weights under /work as the procedure did; a local process reads them in place.
+    model_path = model_dir if local else str(PurePosixPath(MOUNT_ROOT) / PurePosixPath(model_dir).name)
     launch = Launch(
         spec=spec,
         model_path=model_path,
@@ -179,11 +181,13 @@ def make_plan(
             served_name=served,
             health_path=engine.health_path,
             model_dir=model_dir,
+            runtime=spec.runtime,
+            engine_env=spec.engine_env or "",
         ),
         gpu_ids=gpus,
         network_mode=spec.network,
         ports={port: port} if spec.network == "bridge" else {},
-        mounts=(Mount(model_dir, model_path, read_only=True),),
+        mounts=() if local else (Mount(model_dir, model_path, read_only=True),),
         env={**DEFAULT_ENV, **spec.env},
     )
     return Plan(

@@ -1,4 +1,4 @@
-"""The runtime Protocol: what lifecycle needs from Docker (or, later, local processes).
+"""The runtime Protocol: what lifecycle needs from Docker or from local processes.
 
 A :class:`Deployment` is what a runtime reports about one deployment, read from the runtime alone
 (Docker labels), so ``ps`` works even when the database is gone.
@@ -33,6 +33,8 @@ class Deployment:
     restart_count: int = 0
     started_at: str = ""
     spec: dict[str, Any] = field(default_factory=dict)
+    runtime: str = "docker"  # docker | local
+    error: str = ""  # why it is not running when llmdock did not stop it (local runtime)
 
     @property
     def running(self) -> bool:
@@ -65,6 +67,7 @@ class Deployment:
             served_name=label("served-name"),
             health_path=label("health-path") or "/health",
             spec=spec,
+            runtime=label("runtime") or "docker",
             **fields,
         )
 

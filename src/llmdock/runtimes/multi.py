@@ -1,0 +1,116 @@
+"""Several runtimes behind one: ``ps`` lists them all, a name is found in whichever holds it.
+
+Members are given as runtimes or as factories called on first use, so a command that only touches
+local deployments never connects to Docker. A member that cannot be reached (``RuntimeUnavailable``)
+is skipped where skipping is safe (listing, looking up a name another member holds) and noted in
+:attr:`Runtimes.notes`; where it is not (a name no reachable member holds) its error is raised.
+
+Example::
+
+    rts = Runtimes({"local": LocalRuntime(home), "docker": lambda: DockerRuntime.connect()})
+    rts.deployments()  # local ones even while dockerd is down; rts.notes says why Docker is missing
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from typing import cast
+
+from llmdock.errors import InvalidSpec, NotFound, RuntimeUnavailable
+from llmdock.planning.container import LABEL, ContainerConfig
+from llmdock.runtimes.base import Deployment, Runtime
+
+Factory = Callable[[], Runtime]
+Member = Runtime | Factory
+
+
+class Runtimes:
+    """A :class:`Runtime` over named members (``docker``, ``local``); lookups go in the given order."""
+
+    def __init__(self, members: Mapping[str, Member], default: str = "docker") -> None:
+        self._members = dict(members)
+        self._ready: dict[str, Runtime] = {}
+        self._errors: dict[str, RuntimeUnavailable] = {}
+        self.default = default if default in self._members else next(iter(self._members))
+        self.notes: list[str] = []
+
+    @property
+    def kinds(self) -> list[str]:
+        return list(self._members)
+
+    def named(self, kind: str) -> Runtime:
+        """The member ``kind``, connecting on first use; RuntimeUnavailable when it cannot be reached."""
+        if kind in self._ready:
+            return self._ready[kind]
+        if kind in self._errors:
+            raise self._errors[kind]
+        if kind not in self._members:
+            raise InvalidSpec(
+                f"the {kind} runtime is not available here", "choose --runtime " + "|".join(self._members)
+            )
+        member = self._members[kind]
+        try:
+            rt = cast(Runtime, member) if hasattr(member, "deployments") else member()
+        except RuntimeUnavailable as e:
+            self._errors[kind] = e
+            raise
+        self._ready[kind] = rt
+        return rt
+
+    def _reachable(self) -> Iterator[tuple[str, Runtime]]:
+        for kind in self._members:
+            try:
+                yield kind, self.named(kind)
+            except RuntimeUnavailable as e:
+                note = f"{kind} deployments not listed: {e.message}"
+                if note not in self.notes:
+                    self.notes.append(note)
+
+    def deployments(self) -> list[Deployment]:
+        found = [replace(d, runtime=kind) for kind, rt in self._reachable() for d in rt.deployments()]
+        return sorted(found, key=lambda d: d.name)
+
+    def get(self, name: str) -> Deployment | None:
+        """The deployment ``name`` in any reachable member; None when none holds it."""
+        for kind, rt in self._reachable():
+            dep = rt.get(name)
+            if dep is not None:
+                return replace(dep, runtime=kind)
+        return None
+
+    def find(self, name: str) -> tuple[Runtime, Deployment]:
+        """The member holding ``name`` and its deployment. When no reachable member holds it and one
+        could not be reached, that member's error is raised: the deployment may well live there."""
+        dep = self.get(name)
+        if dep is not None:
+            return self.named(dep.runtime), dep
+        if self._errors:
+            raise next(iter(self._errors.values()))
+        raise NotFound(f"no deployment named {name!r}", "list deployments with `llmdock ps`")
+
+    def create(self, cfg: ContainerConfig) -> Deployment:
+        kind = cfg.labels.get(f"{LABEL}.runtime", "docker")
+        return replace(self.named(kind).create(cfg), runtime=kind)
+
+    def start(self, name: str) -> None:
+        self.find(name)[0].start(name)
+
+    def stop(self, name: str, timeout: float = 30) -> None:
+        self.find(name)[0].stop(name, timeout=timeout)
+
+    def remove(self, name: str, force: bool = False) -> None:
+        self.find(name)[0].remove(name, force=force)
+
+    def logs(self, name: str, *, tail: int | None = None, follow: bool = False) -> Iterator[str]:
+        return self.find(name)[0].logs(name, tail=tail, follow=follow)
+
+    # Image questions belong to one runtime; asked of the composite they go to the default member.
+    def image_id(self, image: str) -> str | None:
+        return self.named(self.default).image_id(image)
+
+    def has_gpu_runtime(self) -> bool:
+        return self.named(self.default).has_gpu_runtime()
+
+    def run_probe(self, image: str, argv: list[str]) -> str:
+        return self.named(self.default).run_probe(image, argv)
