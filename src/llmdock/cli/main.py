@@ -13,6 +13,8 @@ import typer
 from llmdock.cli import config as config_cmd
 from llmdock.cli import demo as demo_cmd
 from llmdock.cli import deploy
+from llmdock.cli import doctor as doctor_cmd
+from llmdock.cli import envs as envs_cmd
 from llmdock.cli import models as models_cmd
 from llmdock.cli import serve as serve_cmd
 
@@ -29,6 +31,8 @@ app.command("pull")(models_cmd.pull_command)
 app.add_typer(models_cmd.app, name="models")
 models_cmd.set_used_by(deploy.deployments_using)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(envs_cmd.app, name="env")
+app.command("doctor")(doctor_cmd.doctor)
 app.command("demo")(demo_cmd.demo)
 serve_cmd.register(app)
 
