@@ -7,13 +7,13 @@ nothing. Docker is the truth for what runs; the store keeps desired specs and hi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from llmdock import hostinfo
 from llmdock.engines import get_engine
-from llmdock.errors import EngineFailed, GpuUnavailable, InvalidSpec, LlmdockError, NotFound, SpecChanged
+from llmdock.errors import EngineFailed, GpuUnavailable, InvalidSpec, LlmdockError, SpecChanged
 from llmdock.planning.inventory import Gpu, Holding, Inventory
 from llmdock.planning.plan import Plan, make_plan
 from llmdock.runtimes.base import Deployment, Runtime
@@ -21,6 +21,9 @@ from llmdock.runtimes.multi import Member, Runtimes
 from llmdock.settings import Settings
 from llmdock.spec import DeploymentSpec
 from llmdock.state import Store
+from llmdock.weights import PullOptions, Weights, fetch, locate, read_facts
+
+__all__ = ["Lifecycle", "PullOptions", "UpResult"]
 
 DEFAULT_TIMEOUT_S = 3600.0  # a 72B model on slow disks can take many minutes
 STOP_TIMEOUT_S = 30.0
@@ -52,55 +55,6 @@ def _docker_line(plan: Plan) -> str:
     from llmdock.planning.container import docker_run_line
 
     return docker_run_line(plan.container)
-
-
-@dataclass(frozen=True)
-class PullOptions:
-    """How ``up`` brings a hub model (``ORG/NAME``) that is not in the store yet."""
-
-    pull: bool = True
-    source: str = "modelscope"
-    revision: str | None = None
-    allow_system_disk: bool = False
-    progress: Callable[[dict[str, Any]], None] | None = None
-
-
-def resolve_model_dir(model: str, models_dir: Path, opts: PullOptions | None = None) -> Path:
-    """A weights directory holding config.json: a local directory as is, or ``ORG/NAME`` from the
-    store, pulled first when missing (unless ``opts.pull`` is false)."""
-    opts = opts or PullOptions(pull=False)
-    path = Path(model).expanduser()
-    if not path.exists():
-        from llmdock.models import resolve
-        from llmdock.models.names import looks_like_path
-
-        if looks_like_path(model) or model.count("/") != 1:
-            raise NotFound(
-                f"model {model!r} is neither a local directory nor a hub ID like ORG/NAME",
-                "give the directory that holds config.json (e.g. /data/models/Qwen2.5-7B-Instruct) "
-                "or a hub ID such as Qwen/Qwen2.5-7B-Instruct",
-            )
-        kwargs: dict[str, Any] = {"source": opts.source, "revision": opts.revision}
-        if opts.pull:
-            kwargs["allow_system_disk"] = opts.allow_system_disk
-            if opts.progress is not None:
-                kwargs["progress"] = opts.progress
-        path = resolve(model, models_dir=models_dir, no_pull=not opts.pull, **kwargs)
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise InvalidSpec(
-            f"{model!r} has no config.json", "point MODEL at the directory that holds config.json"
-        )
-    return path.resolve()
-
-
-def model_facts(model_dir: Path) -> Any:
-    """Planner facts from config.json and the safetensors headers; None when they cannot be read."""
-    from llmdock.modelfacts import load_model_facts
-
-    try:
-        return load_model_facts(model_dir)
-    except (OSError, ValueError, KeyError, TypeError, LlmdockError):
-        return None
 
 
 def detect_gpus() -> tuple[Gpu, ...]:
@@ -171,16 +125,17 @@ class Lifecycle:
         )
 
     def engine_version(
-        self, image: str, engine_name: str, runtime: str = "docker"
+        self, image: str, engine_name: str, runtime: str = "docker", *, probe: bool = True
     ) -> tuple[str | None, bool]:
-        """(version or None, image present). Probed once per image ID, then cached in the store.
+        """(version or None, image present). Probed once per image ID (a throwaway container), then
+        cached in the store; ``probe=False`` (a dry run creates nothing) reads the cache only.
         For the local runtime ``image`` is the engine environment."""
         rt = self.runtimes.named(runtime)
         image_id = rt.image_id(image)
         if image_id is None:
             return None, False
         cached = self.store.engine_version(image_id, engine_name)
-        if cached is not None:
+        if cached is not None or not probe:
             return cached, True
         try:
             version = rt.run_probe(image, get_engine(engine_name).version_probe()).splitlines()[-1]
@@ -196,27 +151,41 @@ class Lifecycle:
         strict: bool = True,
         exclude_port: int | None = None,
         assume_gpus: tuple[Gpu, ...] = (),
+        weights: Weights | None = None,
     ) -> Plan:
-        """The plan ``up`` carries out. Not strict (a dry run): never pulls, reports problems instead."""
-        try:
-            model_dir = resolve_model_dir(spec.model, self.settings.models_dir, self.pull if strict else None)
-        except LlmdockError:
-            if strict:
-                raise
-            model_dir = Path(spec.model)
+        """The plan ``up`` carries out. Never downloads. Not strict (a dry run): reports problems
+        instead of raising, and creates nothing (no engine-version probe either)."""
+        problems: list[str] = []
+        if weights is None:
+            try:
+                weights = locate(spec.model, self.settings.models_dir, self.pull)
+            except LlmdockError as e:
+                if strict:
+                    raise
+                problems.append(f"{e.message} ({e.hint})")
+                weights = Weights(None, None)
         spec = self.resolve(spec)
         image = spec.engine_env if spec.runtime == "local" and spec.engine_env else spec.image or ""
-        version, present = self.engine_version(image, spec.engine, spec.runtime)
-        return make_plan(
+        version, present = self.engine_version(image, spec.engine, spec.runtime, probe=strict)
+        notes = [weights.note] if weights.note else []
+        if not strict and present and version is None:
+            notes.append("engine version not probed in a dry run: flags use the newest syntax")
+        plan = make_plan(
             spec,
             self.inventory(exclude_port=exclude_port, assume_gpus=assume_gpus, runtime=spec.runtime),
-            model_dir=str(model_dir),
+            model_dir=str(weights.path or spec.model),
             image=image,
             port_range=self.settings.port_range,
             engine_version=version,
             image_present=present,
             strict=strict,
-            facts=model_facts(model_dir) if model_dir.is_dir() else None,
+            facts=weights.facts,
+        )
+        return replace(
+            plan,
+            problems=tuple(problems) + plan.problems,
+            blocking=tuple(problems) + plan.blocking,
+            notes=plan.notes + tuple(notes),
         )
 
     # ---- up ----------------------------------------------------------------------------------------
@@ -252,14 +221,20 @@ class Lifecycle:
                 action = "started"
             plan = self.plan(spec, strict=False, exclude_port=existing.port)
             return self._finish(UpResult(plan, action, existing), wait, timeout, on_phase)
-        plan = self.plan(spec, exclude_port=exclude)
+        # Every check runs before anything is fetched or created; a hub model is planned from the
+        # hub's config.json, pulled, then planned again from the weights on disk.
+        weights = locate(spec.model, self.settings.models_dir, self.pull)
+        plan = self.plan(spec, exclude_port=exclude, weights=weights)
+        if weights.path is None:
+            path = fetch(spec.model, self.settings.models_dir, self.pull)
+            plan = self.plan(spec, exclude_port=exclude, weights=Weights(path, *read_facts(path)))
         action = "created"
         if existing is not None:
             self.runtimes.remove(spec.name, force=True)
             self.store.record(spec.name, "replaced", existing.spec_hash)
             action = "replaced"
-        self.store.save_deployment(spec.name, plan.spec.to_dict(), plan.spec_hash, runtime=spec.runtime)
         dep = self.runtimes.named(spec.runtime).create(plan.container)
+        self.store.save_deployment(spec.name, plan.spec.to_dict(), plan.spec_hash, runtime=spec.runtime)
         self.store.record(spec.name, "created", plan.spec_hash)
         return self._finish(UpResult(plan, action, dep), wait, timeout, on_phase)
 

@@ -110,6 +110,10 @@ def read_file(path: Path) -> dict[str, str]:
         return {}
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid TOML: {e}", f"fix or delete {path}") from e
+    except OSError as e:
+        raise ConfigError(
+            f"{path} cannot be read: {e.strerror or e}", "make it a readable file, or move it aside"
+        ) from e
     flat: dict[str, str] = {}
     for k, v in raw.items():
         if isinstance(v, dict):

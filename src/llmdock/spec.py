@@ -24,6 +24,8 @@ ENGINES = ("vllm", "sglang", "transformers")
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 NETWORKS = ("host", "bridge")
+PLACEMENTS = ("binpack", "spread")
+SECRET_KEY_RE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
 RUNTIMES = ("docker", "local")
 # Docker's own rule for container names, kept a bit shorter so labels and paths stay readable.
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -138,6 +140,8 @@ class DeploymentSpec:
     env: dict[str, str] = field(default_factory=dict)
     network: str = "host"
     share_gpus: bool = False
+    placement: str = "binpack"  # or "spread": where --gpus auto puts a model among free GPUs
+    expose: bool = False  # listen on every interface (the engine itself has no API keys)
     extra_args: list[str] = field(default_factory=list)
     runtime: str = "docker"  # docker | local (a detached process in an engine environment)
     engine_env: str | None = None  # local runtime: the environment (`llmdock env ls`) to run the engine in
@@ -162,6 +166,8 @@ class DeploymentSpec:
         env: list[str] | None = None,
         network: str = "host",
         share_gpus: bool = False,
+        placement: str = "binpack",
+        expose: bool = False,
         extra_args: list[str] | None = None,
         runtime: str = "docker",
         engine_env: str | None = None,
@@ -175,6 +181,8 @@ class DeploymentSpec:
                 "use letters, digits, '.', '_' and '-', starting with a letter or digit (at most 63)",
             )
         _check_runtime(runtime, engine_env, image, network)
+        if placement not in PLACEMENTS:
+            raise InvalidSpec(f"unknown placement {placement!r}", "choose binpack (default) or --spread")
         if network not in NETWORKS:
             raise InvalidSpec(f"unknown network mode {network!r}", "choose --network host|bridge")
         if dtype is not None and dtype not in DTYPES:
@@ -216,6 +224,8 @@ class DeploymentSpec:
             env=parse_env(env or []),
             network=network,
             share_gpus=share_gpus,
+            placement=placement,
+            expose=expose,
             extra_args=list(extra_args or []),
             runtime=runtime,
             engine_env=engine_env,
@@ -235,11 +245,22 @@ class DeploymentSpec:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with secret-looking env values (``HF_TOKEN``…) masked: for labels and output."""
+        data = self.to_dict()
+        data["env"] = {k: "***" if SECRET_KEY_RE.search(k) else v for k, v in self.env.items()}
+        return data
+
     def hash(self) -> str:
         """Stable digest of the request; equal specs give equal hashes."""
         data = self.to_dict()
         # Fields added later hash only when set, so deployments made before them keep their hash.
-        for key, default in (("runtime", "docker"), ("engine_env", None)):
+        for key, default in (
+            ("runtime", "docker"),
+            ("engine_env", None),
+            ("placement", "binpack"),
+            ("expose", False),
+        ):
             if data.get(key) == default:
                 data.pop(key, None)
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))

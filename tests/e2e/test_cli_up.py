@@ -127,7 +127,7 @@ def test_procedure_dry_run_json(home: Path, tiny_model: Path, docker_client: Any
         "--json",
     ]
     done = cli(*args)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stderr  # only this host's state is missing (image, GPUs)
     plan = json.loads(done.stdout)
     # The image is absent, so its vLLM version is unknown: the newest (JSON) syntax is rendered.
     assert plan["command"] == [
@@ -136,6 +136,8 @@ def test_procedure_dry_run_json(home: Path, tiny_model: Path, docker_client: Any
         "/work/tiny-qwen",
         "--port",
         "8001",
+        "--host",
+        "127.0.0.1",
         "--dtype",
         "bfloat16",
         "--limit-mm-per-prompt",
@@ -153,11 +155,13 @@ def test_procedure_dry_run_json(home: Path, tiny_model: Path, docker_client: Any
     assert c["mounts"][0]["read_only"] is True and c["env"]["HF_HUB_OFFLINE"] == "1"
     assert c["labels"]["io.llmdock.name"] == "qwen2.5-vl-72b"
     assert c["device_requests"][0]["capabilities"] == [["gpu"]]
+    assert c["device_requests"][0]["device_ids"] == [str(i) for i in range(8)]  # stand-ins for --tp 8
     problems = " ".join(plan["problems"])
     assert "not present" in problems and "NVIDIA runtime" in problems
     assert plan["docker_run"].startswith("docker run -d --name qwen2.5-vl-72b --gpus")
     assert docker_client.containers.list(all=True, filters={"name": "qwen2.5-vl-72b"}) == []
     human = cli(*args[:-1])
+    assert human.returncode == 0
     assert "docker run -d --name qwen2.5-vl-72b" in human.stdout and "! image" in human.stdout
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,17 @@ def hub(home: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, tmp_path:
 def test_up_hub_id_pulls_then_deploys(
     hub: LocalHub, engine_image: str, name: str, docker_client: Any
 ) -> None:
+    planned = cli("plan", "tiny/qwen-chat", "--assume-gpus", "1x80GiB", "--json")
+    assert planned.returncode == 0, planned.stderr
+    plan = json.loads(planned.stdout)
+    assert plan["fit"]["tensor_parallel_size"] == 1 and any("not downloaded yet" in n for n in plan["notes"])
+    with socket.socket() as s:  # a refused `up` downloads nothing
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = str(s.getsockname()[1])
+        refused = cli("up", "tiny/qwen-chat", "--engine", "transformers", "--name", name, "--port", taken)
+    assert refused.returncode == 1 and "already in use" in refused.stderr
+    assert [r for r in hub.log if (r.file or "").endswith(".safetensors") and r.method == "GET"] == []
     refused = cli("up", "tiny/qwen-chat", "--engine", "transformers", "--name", name, "--no-pull")
     assert refused.returncode == 1 and "llmdock pull tiny/qwen-chat" in refused.stderr
     assert docker_client.containers.list(all=True, filters={"name": name}) == []
@@ -62,6 +74,6 @@ def test_plan_json_with_assumed_gpus(home: Path, docker_client: Any, tmp_path: P
     assert plan["fit"]["kv_tokens"] > 100_000 and plan["fit"]["per_gpu"][0]["weights"] > 14 * 2**30
     assert plan["command"][:3] == ["vllm", "serve", "/work/Qwen2.5-7B-Instruct"]
     too_long = cli("plan", str(model), "--assume-gpus", "1x16GiB", "--max-model-len", "32768")
-    assert "does not fit" in too_long.stdout
+    assert "does not fit" in too_long.stdout and too_long.returncode == 1
     refused = cli("up", str(model), "--assume-gpus", "1x16GiB")
     assert refused.returncode == 1 and "planning only" in refused.stderr

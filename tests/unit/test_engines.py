@@ -40,7 +40,8 @@ def test_vllm_renders_the_procedure_command_exactly() -> None:
     """The wiki's `nohup vllm serve ...` line, with the image's old vLLM (key=value syntax)."""
     spec = DeploymentSpec.create("/home/online/models/Qwen2.5-VL-72B-Instruct", **PROCEDURE)  # type: ignore[arg-type]
     argv = get_engine("vllm").argv(launch(spec, "0.7.2", tp=8))
-    assert argv == [
+    # The wiki's flags in its order; llmdock adds only `--host 127.0.0.1` (loopback unless --expose).
+    wiki = [
         "vllm",
         "serve",
         "/work/Qwen2.5-VL-72B-Instruct",
@@ -57,6 +58,10 @@ def test_vllm_renders_the_procedure_command_exactly() -> None:
         "--max-model-len",
         "73480",
     ]
+    assert argv == [*wiki[:5], "--host", "127.0.0.1", *wiki[5:]]
+    exposed = DeploymentSpec.from_dict({**spec.to_dict(), "expose": True})
+    argv = get_engine("vllm").argv(launch(exposed, "0.7.2", tp=8))
+    assert argv[argv.index("--host") + 1] == "0.0.0.0"
 
 
 @pytest.mark.parametrize(
@@ -106,7 +111,7 @@ def test_sglang_argv() -> None:
         "--model-path",
         "/work/Qwen3-8B",
         "--host",
-        "0.0.0.0",
+        "127.0.0.1",
         "--port",
         "30000",
         "--served-model-name",

@@ -45,9 +45,11 @@ def test_up_then_same_spec_is_a_no_op(lc: Lifecycle, model: str) -> None:
     assert [k for _, k, _ in lc.store.events("t")] == ["created"]
 
 
-def test_engine_version_probed_once_per_image(lc: Lifecycle, model: str) -> None:
+def test_engine_version_probed_once_per_image_and_never_in_a_dry_run(lc: Lifecycle, model: str) -> None:
     lc.up(spec(model), dry_run=True)
-    lc.up(spec(model), dry_run=True)
+    assert lc.runtime.probes == []  # type: ignore[attr-defined]
+    lc.up(DeploymentSpec.create(model, name="a", engine="transformers"), wait=False)
+    lc.up(DeploymentSpec.create(model, name="b", engine="transformers"), wait=False)
     assert lc.runtime.probes == [IMAGE]  # type: ignore[attr-defined]
     assert lc.store.engine_version("sha256:abc", "transformers") == "5.24.0"
 
@@ -109,3 +111,31 @@ def test_dry_run_creates_nothing(lc: Lifecycle, model: str) -> None:
     result = lc.up(spec(model), dry_run=True)
     assert result.action == "dry-run" and result.to_dict()["docker_run"].startswith("docker run -d --name t")
     assert lc.runtime.deployments() == [] and lc.store.deployment_names() == []
+
+
+def test_a_failed_create_leaves_no_record(lc: Lifecycle, model: str) -> None:
+    from llmdock.errors import Conflict
+
+    def refuse(cfg: object) -> None:
+        raise Conflict("Docker refused: name in use", "docker rm it")
+
+    lc.runtime.create = refuse  # type: ignore[method-assign, assignment]
+    with pytest.raises(Conflict):
+        lc.up(spec(model), wait=False)
+    assert lc.store.deployment_names() == []
+
+
+def test_bad_model_config_is_refused_or_reported(lc: Lifecycle, model: str) -> None:
+    from llmdock.errors import InvalidSpec
+
+    (Path(model) / "config.json").write_text("{not json")
+    with pytest.raises(InvalidSpec, match="not valid JSON"):
+        lc.up(spec(model), wait=False)
+    dry = lc.up(spec(model), dry_run=True)
+    assert any("not valid JSON" in p for p in dry.plan.problems)
+    assert lc.runtime.deployments() == []
+
+
+def test_dry_run_of_a_missing_model_says_so(lc: Lifecycle) -> None:
+    dry = lc.up(spec("../../etc/nowhere"), dry_run=True)
+    assert any("neither a local directory" in p for p in dry.plan.problems)

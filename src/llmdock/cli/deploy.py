@@ -130,6 +130,19 @@ def up(
     ] = None,
     network: Annotated[str, typer.Option(help="host (default, as the procedure) | bridge.")] = "host",
     share_gpus: Annotated[bool, typer.Option(help="Allow GPUs another deployment holds.")] = False,
+    spread: Annotated[
+        bool, typer.Option("--spread", help="With --gpus auto: prefer the emptiest GPUs (default: binpack).")
+    ] = False,
+    expose: Annotated[
+        bool,
+        typer.Option(help="Engine listens on all interfaces (it checks no keys; prefer `llmdock serve`)."),
+    ] = False,
+    on_demand: Annotated[
+        bool, typer.Option(help="`llmdock serve` starts it when a request for it arrives.")
+    ] = False,
+    idle_stop: Annotated[
+        str | None, typer.Option(help="`llmdock serve` stops it after this long without requests: 30m, 2h.")
+    ] = None,
     replace: Annotated[
         bool, typer.Option(help="Replace a deployment of this name with a different spec.")
     ] = False,
@@ -174,10 +187,17 @@ def up(
         env=variables,
         network=network,
         share_gpus=share_gpus,
+        placement="spread" if spread else "binpack",
+        expose=expose,
         extra_args=list(ctx.args),
         runtime=runtime,
         engine_env=engine_env or named_env,
     )
+    from llmdock.gateway.keystore import parse_duration
+    from llmdock.gateway.routing import Policy
+
+    policy = Policy(on_demand, parse_duration(idle_stop) if idle_stop else None)  # checked before `up`
+
     from llmdock.cli.models import _progress
     from llmdock.gpuinfo import parse_assume_gpus
     from llmdock.lifecycle import PullOptions
@@ -196,7 +216,14 @@ def up(
                 on_phase=on_phase,
                 assume_gpus=assumed,
             )
+    if result.action != "dry-run" and (on_demand or idle_stop):
+        from llmdock.gateway.keystore import KeyStore
+
+        KeyStore(lc.store).set_policy(spec.name, policy)
+        lc.store.record(spec.name, "policy", f"on_demand={on_demand} idle_stop={idle_stop}")
     show_up(result, json_out)
+    if result.action == "dry-run" and result.plan.blocking:
+        raise typer.Exit(1)  # the request itself cannot work (does not fit, bad model…): scripts can tell
 
 
 def split_env(values: list[str], runtime: str) -> tuple[list[str], str | None]:
@@ -232,6 +259,8 @@ def show_up(result: UpResult, json_out: bool) -> None:
         )
         for problem in plan.problems:
             out.print(f"[yellow]! {escape(problem)}[/yellow]")
+        for note in plan.notes:
+            out.print(f"[dim]note: {escape(note)}[/dim]")
         if plan.fit is not None:
             show_fit(plan.fit)
         out.print("[bold]engine command:[/bold]")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
-from llmdock.engines.base import Engine, Launch, failures, phases
+from llmdock.engines.base import Engine, Launch, bind_host, failures, phases
 
 
 class Sglang(Engine):
@@ -30,7 +30,7 @@ class Sglang(Engine):
 
     owned: ClassVar[dict[str, str]] = {
         "--model-path": "MODEL",
-        "--host": "--network",
+        "--host": "--expose",
         "--port": "--port",
         "--served-model-name": "--served-model-name",
         "--dtype": "--dtype",
@@ -43,7 +43,7 @@ class Sglang(Engine):
     def argv(self, launch: Launch) -> list[str]:
         s = launch.spec
         argv = ["python3", "-m", "sglang.launch_server", "--model-path", launch.model_path]
-        argv += ["--host", "0.0.0.0", "--port", str(launch.port)]
+        argv += ["--host", bind_host(s), "--port", str(launch.port)]
         if s.served_model_name:
             argv += ["--served-model-name", s.served_model_name]
         if s.dtype:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from llmdock.engines.base import Engine, Launch, failures, phases
+from llmdock.engines.base import Engine, Launch, bind_host, failures, phases
 
 
 class Transformers(Engine):
@@ -30,7 +30,7 @@ class Transformers(Engine):
     )
 
     owned: ClassVar[dict[str, str]] = {
-        "--host": "--network",
+        "--host": "--expose",
         "--port": "--port",
         "--device": "--gpus",
         "--dtype": "--dtype",
@@ -49,9 +49,16 @@ class Transformers(Engine):
         for flag, value in unsupported.items():
             if value:
                 raise self.reject(flag, "transformers", f"drop {flag}, or use --engine vllm on a GPU server")
-        host = "0.0.0.0" if s.network == "bridge" else "127.0.0.1"
         device = "cpu" if s.gpus == "none" else "auto"
-        argv = ["transformers", "serve", launch.model_path, "--host", host, "--port", str(launch.port)]
+        argv = [
+            "transformers",
+            "serve",
+            launch.model_path,
+            "--host",
+            bind_host(s),
+            "--port",
+            str(launch.port),
+        ]
         argv += ["--device", device, "--log-level", "info"]
         if s.dtype:
             argv += ["--dtype", s.dtype]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
-from llmdock.engines.base import Engine, Launch, failures, parse_version, phases
+from llmdock.engines.base import Engine, Launch, bind_host, failures, parse_version, phases
 
 JSON_LIMIT_MM_SINCE = (0, 9, 0)
 
@@ -50,7 +50,7 @@ class Vllm(Engine):
 
     owned: ClassVar[dict[str, str]] = {
         "--port": "--port",
-        "--host": "--network",
+        "--host": "--expose",
         "--served-model-name": "--served-model-name",
         "--dtype": "--dtype",
         "--limit-mm-per-prompt": "--limit-mm-per-prompt",
@@ -63,9 +63,7 @@ class Vllm(Engine):
 
     def argv(self, launch: Launch) -> list[str]:
         s = launch.spec
-        argv = ["vllm", "serve", launch.model_path, "--port", str(launch.port)]
-        if s.network == "bridge":
-            argv += ["--host", "0.0.0.0"]
+        argv = ["vllm", "serve", launch.model_path, "--port", str(launch.port), "--host", bind_host(s)]
         if s.served_model_name:
             argv += ["--served-model-name", s.served_model_name]
         if s.dtype:

@@ -12,6 +12,8 @@ import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from llmdock.spec import SECRET_KEY_RE
+
 LABEL = "io.llmdock"
 MANAGED = f"{LABEL}.managed"
 LOG_MAX_SIZE = "100m"
@@ -43,6 +45,7 @@ class ContainerConfig:
     ipc_mode: str = "host"
     network_mode: str = "host"
     ports: dict[int, int] = field(default_factory=dict)  # container port -> host port (bridge only)
+    publish_host: str = "127.0.0.1"  # the host address bridge ports are published on
     mounts: tuple[Mount, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     restart_max: int = RESTART_MAX
@@ -108,7 +111,7 @@ def docker_run_argv(cfg: ContainerConfig) -> list[str]:
         argv += ["--gpus", '"device=' + ",".join(map(str, cfg.gpu_ids)) + '"']
     argv += [f"--ipc={cfg.ipc_mode}", f"--network={cfg.network_mode}"]
     for container_port, host_port in sorted(cfg.ports.items()):
-        argv += ["-p", f"{host_port}:{container_port}"]
+        argv += ["-p", f"{cfg.publish_host}:{host_port}:{container_port}"]
     if cfg.shm_size:
         argv += ["--shm-size", cfg.shm_size]
     argv += [f"--restart=on-failure:{cfg.restart_max}", "--log-driver=json-file"]
@@ -116,7 +119,8 @@ def docker_run_argv(cfg: ContainerConfig) -> list[str]:
     for m in cfg.mounts:
         argv += ["-v", f"{m.source}:{m.target}" + (":ro" if m.read_only else "")]
     for k, v in sorted(cfg.env.items()):
-        argv += ["-e", f"{k}={v}"]
+        # A secret is passed as `-e KEY`: docker then takes it from the caller's environment.
+        argv += ["-e", k if SECRET_KEY_RE.search(k) else f"{k}={v}"]
     for k, v in sorted(cfg.labels.items()):
         argv += ["--label", f"{k}={v}"]
     argv += ["--entrypoint", cfg.entrypoint[0], cfg.image, *cfg.entrypoint[1:], *cfg.command]

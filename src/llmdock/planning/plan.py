@@ -12,7 +12,15 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from llmdock.engines import Launch, get_engine
-from llmdock.errors import EnvMissing, ImageMissing, InvalidSpec, LlmdockError, RuntimeUnavailable
+from llmdock.errors import (
+    EnvMissing,
+    GpuUnavailable,
+    ImageMissing,
+    InvalidSpec,
+    LlmdockError,
+    PortTaken,
+    RuntimeUnavailable,
+)
 from llmdock.planning.container import ContainerConfig, Mount, labels_for
 from llmdock.planning.gpus import choose_gpus, parse_gpus
 from llmdock.planning.inventory import Inventory
@@ -23,6 +31,9 @@ if TYPE_CHECKING:
     from llmdock.modelfacts import ModelFacts
     from llmdock.planning.fit import Fit
 
+# Problems about this host as it is now (the image not pulled, GPUs busy or absent, a port taken):
+# a dry run on a laptop or for --assume-gpus meets them without the request being wrong.
+HOST_STATE = (ImageMissing, RuntimeUnavailable, GpuUnavailable, PortTaken, EnvMissing)
 DEFAULT_UTILIZATION = 0.9  # vLLM's default
 MOUNT_ROOT = "/work"  # where the procedure mounted weights; kept so paths look familiar
 DEFAULT_ENV = {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "VLLM_NO_USAGE_STATS": "1"}
@@ -39,7 +50,9 @@ class Plan:
     health_path: str
     container: ContainerConfig
     spec_hash: str
-    problems: tuple[str, ...] = field(default=())
+    problems: tuple[str, ...] = field(default=())  # what would refuse the deployment (dry runs list them)
+    notes: tuple[str, ...] = field(default=())  # worth knowing, refuses nothing
+    blocking: tuple[str, ...] = field(default=())  # the problems no other host would fix (does not fit…)
     fit: Fit | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -55,6 +68,8 @@ class Plan:
             "command": self.argv,
             "container": self.container.to_dict(),
             "problems": list(self.problems),
+            "notes": list(self.notes),
+            "blocking": list(self.blocking),
             "fit": self.fit.to_dict() if self.fit else None,
         }
 
@@ -80,11 +95,14 @@ def make_plan(
     engine = get_engine(spec.engine)
     spec = spec.with_image(image)
     problems: list[str] = []
+    blocking: list[str] = []  # problems of the request itself, not of this host's current state
 
     def check(err: LlmdockError) -> None:
         if strict:
             raise err
         problems.append(f"{err.message} ({err.hint})" if err.hint else err.message)
+        if not isinstance(err, HOST_STATE):
+            blocking.append(problems[-1])
 
     request = parse_gpus(spec.gpus)
     if request.kind != "none" and not inv.gpu_runtime:
@@ -99,7 +117,8 @@ def make_plan(
         gpus = choose_gpus(request, inv, owner=spec.name, share=spec.share_gpus)
     except LlmdockError as e:
         check(e)
-        gpus = request.indices or tuple(range(request.count or 1)) if request.kind != "none" else ()
+        stand_in = tuple(range(max(spec.tensor_parallel_size or 1, request.count or 1)))
+        gpus = (request.indices or stand_in) if request.kind != "none" else ()
     if engine.uses_gpus and not gpus:
         check(
             InvalidSpec(
@@ -121,6 +140,7 @@ def make_plan(
                 kv_cache_dtype=spec.kv_cache_dtype,
                 dtype=spec.dtype,
                 requested_gpus=None if request.kind == "auto" else gpus,
+                placement=spec.placement,
             )
         except LlmdockError as e:
             check(e)
@@ -177,7 +197,7 @@ def make_plan(
             port=port,
             gpus=gpus,
             spec_hash=spec_hash,
-            spec=spec.to_dict(),
+            spec=spec.public_dict(),
             served_name=served,
             health_path=engine.health_path,
             model_dir=model_dir,
@@ -187,6 +207,7 @@ def make_plan(
         gpu_ids=gpus,
         network_mode=spec.network,
         ports={port: port} if spec.network == "bridge" else {},
+        publish_host="0.0.0.0" if spec.expose else "127.0.0.1",
         mounts=() if local else (Mount(model_dir, model_path, read_only=True),),
         env={**DEFAULT_ENV, **spec.env},
     )
@@ -201,5 +222,6 @@ def make_plan(
         container=container,
         spec_hash=spec_hash,
         problems=tuple(problems),
+        blocking=tuple(blocking),
         fit=fitted,
     )

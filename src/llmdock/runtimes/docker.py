@@ -87,7 +87,9 @@ def translate(e: Exception, name: str = "") -> LlmdockError:
         return RuntimeUnavailable(f"Docker cannot give the container GPUs: {reason}", GPU_HINT)
     if isinstance(e, docker.errors.APIError) and e.status_code == 409:
         return Conflict(
-            f"Docker refused: {reason}", f"remove the old one with `llmdock rm {name}` or pick --name"
+            f"Docker refused: {reason}",
+            f"a container named {name!r} exists that llmdock does not manage: "
+            f"remove it with `docker rm -f {name}` or pick another --name",
         )
     if not isinstance(e, docker.errors.DockerException):
         return RuntimeUnavailable(
@@ -203,7 +205,7 @@ class DockerRuntime:
                 )
             ]
         if cfg.ports:
-            kwargs["ports"] = {f"{c}/tcp": h for c, h in cfg.ports.items()}
+            kwargs["ports"] = {f"{c}/tcp": (cfg.publish_host, h) for c, h in cfg.ports.items()}
         if cfg.shm_size:
             kwargs["shm_size"] = cfg.shm_size
         try:
