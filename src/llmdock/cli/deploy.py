@@ -22,16 +22,9 @@ Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for r
 
 
 def runtimes(s: Settings) -> dict[str, Member]:
-    """Both runtimes, local first: Docker is connected only when a command reaches it, so local
-    deployments can be managed with dockerd stopped."""
-    from llmdock.envs import Envs
-    from llmdock.runtimes.docker import DockerRuntime
-    from llmdock.runtimes.local import LocalRuntime
+    from llmdock.runtimes.multi import default_members
 
-    return {
-        "local": LocalRuntime(s.local_dir, Envs(s.envs_dir)),
-        "docker": lambda: DockerRuntime.connect(s.docker_host),
-    }
+    return default_members(s)
 
 
 def lifecycle(pull: PullOptions | None = None) -> Lifecycle:

@@ -80,10 +80,10 @@ class LifecycleController:
 
     def __init__(self, settings: Settings) -> None:
         from llmdock.lifecycle import Lifecycle
-        from llmdock.runtimes.docker import DockerRuntime
+        from llmdock.runtimes.multi import default_members
 
         self.store = Store(settings.db_path)
-        self.lc = Lifecycle(settings, DockerRuntime.connect(settings.docker_host), self.store)
+        self.lc = Lifecycle(settings, default_members(settings), self.store)
         self.keystore = KeyStore(self.store)
 
     def crashed(self) -> list[tuple[str, str, int | None]]:
@@ -159,9 +159,10 @@ class Gateway:
             sources.append(StaticSource([static_target(m, u) for m, u in opts.routes]))
         controller = None
         if opts.docker:
-            from llmdock.runtimes.docker import DockerRuntime
+            from llmdock.runtimes.multi import Runtimes, default_members
 
-            sources.append(DockerSource(DockerRuntime.connect(self.settings.docker_host)))
+            # Deployments of every runtime: Docker containers and local processes alike.
+            sources.append(DockerSource(Runtimes(default_members(self.settings))))
             settings = self.settings
 
             def controller() -> LifecycleController:

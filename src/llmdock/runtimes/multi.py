@@ -20,6 +20,7 @@ from typing import cast
 from llmdock.errors import InvalidSpec, NotFound, RuntimeUnavailable
 from llmdock.planning.container import LABEL, ContainerConfig
 from llmdock.runtimes.base import Deployment, Runtime
+from llmdock.settings import Settings
 
 Factory = Callable[[], Runtime]
 Member = Runtime | Factory
@@ -114,3 +115,16 @@ class Runtimes:
 
     def run_probe(self, image: str, argv: list[str]) -> str:
         return self.named(self.default).run_probe(image, argv)
+
+
+def default_members(s: Settings) -> dict[str, Member]:
+    """Both runtimes, local first: Docker is connected only when a command reaches it, so local
+    deployments can be managed with dockerd stopped."""
+    from llmdock.envs import Envs
+    from llmdock.runtimes.docker import DockerRuntime
+    from llmdock.runtimes.local import LocalRuntime
+
+    return {
+        "local": LocalRuntime(s.local_dir, Envs(s.envs_dir)),
+        "docker": lambda: DockerRuntime.connect(s.docker_host),
+    }
