@@ -36,6 +36,7 @@ class UpResult:
     deployment: Deployment | None = None
     ready_after_s: float | None = None
     notes: list[str] = field(default_factory=list)
+    members: list[UpResult] = field(default_factory=list)  # every replica's result (--replicas)
 
     @property
     def url(self) -> str:
@@ -48,6 +49,10 @@ class UpResult:
             "ready_after_s": self.ready_after_s,
             "docker_run": _docker_line(self.plan) if self.plan.spec.runtime == "docker" else None,
             **self.plan.to_dict(),
+            "replicas": [
+                {"name": m.plan.spec.name, "url": m.url, "gpus": list(m.plan.gpus), "action": m.action}
+                for m in self.members
+            ],
         }
 
 
@@ -200,6 +205,8 @@ class Lifecycle:
         on_phase: Callable[[str], None] | None = None,
         assume_gpus: tuple[Gpu, ...] = (),
     ) -> UpResult:
+        if spec.replicas > 1 and spec.group is None:
+            return self._up_replicas(spec, replace, wait, timeout, dry_run, on_phase, assume_gpus)
         if dry_run:
             return UpResult(self.plan(spec, strict=False, assume_gpus=assume_gpus), "dry-run")
         if assume_gpus:
@@ -278,6 +285,35 @@ class Lifecycle:
                 )
 
     # ---- the other verbs -------------------------------------------------------------------------------
+    def _up_replicas(
+        self,
+        spec: DeploymentSpec,
+        replace: bool,
+        wait: bool,
+        timeout: float,
+        dry_run: bool,
+        on_phase: Callable[[str], None] | None,
+        assume_gpus: tuple[Gpu, ...],
+    ) -> UpResult:
+        """Create every replica first (so their engines load in parallel), then wait for each.
+        Each is planned after the ones before it exist, so ports and GPUs never collide."""
+        results = [
+            self.up(r, replace=replace, wait=False, dry_run=dry_run, assume_gpus=assume_gpus)
+            for r in spec.replica_specs()[: 1 if dry_run else None]
+        ]
+        if wait and not dry_run:
+            results = [self._finish(r, True, timeout, on_phase) for r in results]
+        first = results[0]
+        first.members = results
+        return first
+
+    def names(self, name: str) -> list[str]:
+        """``[name]``, or for a deployment made with ``--replicas`` its replicas ``NAME-1`` … ``NAME-N``."""
+        if self.runtimes.get(name) is not None:
+            return [name]
+        members = sorted(d.name for d in self.runtimes.deployments() if d.group == name and d.name != name)
+        return members or [name]  # unknown: the caller's lookup raises NotFound
+
     def ps(self) -> list[Deployment]:
         """Deployments of every reachable runtime; :attr:`notes` says which could not be asked."""
         return self.runtimes.deployments()
@@ -289,9 +325,10 @@ class Lifecycle:
         return self.runtimes.logs(name, tail=tail, follow=follow)
 
     def stop(self, name: str, timeout: float = STOP_TIMEOUT_S) -> None:
-        self.get(name)
-        self.runtimes.stop(name, timeout=timeout)
-        self.store.record(name, "stopped")
+        for member in self.names(name):
+            self.get(member)
+            self.runtimes.stop(member, timeout=timeout)
+            self.store.record(member, "stopped")
 
     def start(
         self,
@@ -301,13 +338,15 @@ class Lifecycle:
         timeout: float = DEFAULT_TIMEOUT_S,
         on_phase: Callable[[str], None] | None = None,
     ) -> float | None:
-        dep = self.get(name)
-        self._adopt(dep)
-        if not dep.running:
-            self._check_gpus_free(dep)
-            self.runtimes.start(name)
-            self.store.record(name, "started")
-        return self._wait(dep, wait, timeout, on_phase)
+        deps = [self.get(member) for member in self.names(name)]
+        for dep in deps:
+            self._adopt(dep)
+            if not dep.running:
+                self._check_gpus_free(dep)
+                self.runtimes.start(dep.name)
+                self.store.record(dep.name, "started")
+        waited = [self._wait(dep, wait, timeout, on_phase) for dep in deps]
+        return None if None in waited else max(w for w in waited if w is not None)
 
     def restart(
         self,
@@ -331,15 +370,16 @@ class Lifecycle:
         return wait_ready(rt, dep.name, get_engine(dep.engine), timeout=timeout, on_phase=on_phase)
 
     def rm(self, name: str, *, force: bool = False) -> None:
-        dep = self.get(name)
-        if dep.running and not force:
+        deps = [self.get(member) for member in self.names(name)]
+        if any(dep.running for dep in deps) and not force:
             raise LlmdockError(
                 f"{name!r} is running",
                 f"stop it first (`llmdock stop {name}`) or remove it anyway with `rm -f`",
             )
-        self.runtimes.remove(name, force=True)
-        self.store.delete_deployment(name)
-        self.store.record(name, "removed")
+        for dep in deps:
+            self.runtimes.remove(dep.name, force=True)
+            self.store.delete_deployment(dep.name)
+            self.store.record(dep.name, "removed")
 
     def inspect(self, name: str) -> dict[str, Any]:
         dep = self.get(name)

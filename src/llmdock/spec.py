@@ -142,6 +142,8 @@ class DeploymentSpec:
     share_gpus: bool = False
     placement: str = "binpack"  # or "spread": where --gpus auto puts a model among free GPUs
     expose: bool = False  # listen on every interface (the engine itself has no API keys)
+    replicas: int = 1  # copies of the model, each with its own GPUs and port, behind one name
+    group: str | None = None  # set on each replica: the deployment name the gateway routes by
     extra_args: list[str] = field(default_factory=list)
     runtime: str = "docker"  # docker | local (a detached process in an engine environment)
     engine_env: str | None = None  # local runtime: the environment (`llmdock env ls`) to run the engine in
@@ -168,6 +170,7 @@ class DeploymentSpec:
         share_gpus: bool = False,
         placement: str = "binpack",
         expose: bool = False,
+        replicas: int = 1,
         extra_args: list[str] | None = None,
         runtime: str = "docker",
         engine_env: str | None = None,
@@ -181,6 +184,10 @@ class DeploymentSpec:
                 "use letters, digits, '.', '_' and '-', starting with a letter or digit (at most 63)",
             )
         _check_runtime(runtime, engine_env, image, network)
+        if not 1 <= replicas <= 64:
+            raise InvalidSpec(
+                f"--replicas {replicas} is outside 1-64", "give --replicas 2 (or more) for copies"
+            )
         if placement not in PLACEMENTS:
             raise InvalidSpec(f"unknown placement {placement!r}", "choose binpack (default) or --spread")
         if network not in NETWORKS:
@@ -226,6 +233,7 @@ class DeploymentSpec:
             share_gpus=share_gpus,
             placement=placement,
             expose=expose,
+            replicas=replicas,
             extra_args=list(extra_args or []),
             runtime=runtime,
             engine_env=engine_env,
@@ -245,6 +253,12 @@ class DeploymentSpec:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def replica_specs(self) -> list[DeploymentSpec]:
+        """One spec per replica: ``NAME-1`` … ``NAME-N``, grouped under ``NAME`` (just itself when N is 1)."""
+        if self.replicas == 1:
+            return [self]
+        return [replace(self, name=f"{self.name}-{i}", group=self.name) for i in range(1, self.replicas + 1)]
+
     def public_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` with secret-looking env values (``HF_TOKEN``…) masked: for labels and output."""
         data = self.to_dict()
@@ -260,6 +274,8 @@ class DeploymentSpec:
             ("engine_env", None),
             ("placement", "binpack"),
             ("expose", False),
+            ("replicas", 1),
+            ("group", None),
         ):
             if data.get(key) == default:
                 data.pop(key, None)

@@ -103,3 +103,30 @@ def test_on_demand_start_and_idle_stop(
         assert docker_client.containers.get(name).status == "running"
         wait_until(lambda: docker_client.containers.get(name).status == "exited", 60, "the idle stop")
     assert "on-demand" in events(name) and "idle-stopped" in events(name)
+
+
+@pytest.mark.docker
+def test_replicas_share_one_name_and_the_gateway_balances(
+    home: Path, tmp_path: Path, engine_image: str, tiny_model: Path, name: str, docker_client: Any
+) -> None:
+    done = cli("up", str(tiny_model), "--engine", "transformers", "--name", name, "--replicas", "2", "--json")
+    try:
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        replicas = [r["name"] for r in result["replicas"]]
+        assert replicas == [f"{name}-1", f"{name}-2"]
+        assert len({r["url"] for r in result["replicas"]}) == 2  # each its own port
+        served = result["served_model_name"]
+        with serve(tmp_path) as gw:
+            wait_until(lambda: ready(gw, served), 30, "the gateway to see the replicas")
+            for _ in range(6):
+                assert chat(gw, name).choices  # the group name routes to both
+        for replica in replicas:
+            logs = docker_client.containers.get(replica).logs().decode()
+            assert "/v1/chat/completions" in logs, f"{replica} got no request"
+        assert cli("stop", name, "--timeout", "5").returncode == 0
+        assert {docker_client.containers.get(r).status for r in replicas} == {"exited"}
+        assert cli("rm", name).returncode == 0
+        assert docker_client.containers.list(all=True, filters={"label": f"io.llmdock.group={name}"}) == []
+    finally:
+        cli("rm", "-f", name)

@@ -139,3 +139,18 @@ def test_bad_model_config_is_refused_or_reported(lc: Lifecycle, model: str) -> N
 def test_dry_run_of_a_missing_model_says_so(lc: Lifecycle) -> None:
     dry = lc.up(spec("../../etc/nowhere"), dry_run=True)
     assert any("neither a local directory" in p for p in dry.plan.problems)
+
+
+def test_replicas_get_their_own_ports_and_act_as_one(lc: Lifecycle, model: str) -> None:
+    result = lc.up(DeploymentSpec.create(model, name="r", engine="transformers", replicas=3), wait=False)
+    names = [m.plan.spec.name for m in result.members]
+    assert names == ["r-1", "r-2", "r-3"]
+    assert len({m.plan.port for m in result.members}) == 3
+    assert {d.group for d in lc.runtime.deployments()} == {"r"}
+    assert lc.names("r") == names and lc.names("r-2") == ["r-2"]
+    again = lc.up(DeploymentSpec.create(model, name="r", engine="transformers", replicas=3), wait=False)
+    assert [m.action for m in again.members] == ["unchanged"] * 3
+    lc.stop("r")
+    assert all(not d.running for d in lc.runtime.deployments())
+    lc.rm("r")
+    assert lc.runtime.deployments() == [] and lc.store.deployment_names() == []

@@ -130,6 +130,9 @@ def up(
         bool,
         typer.Option(help="Engine listens on all interfaces (it checks no keys; prefer `llmdock serve`)."),
     ] = False,
+    replicas: Annotated[
+        int, typer.Option(help="Copies behind one name, each with its own GPUs and port (`serve` balances).")
+    ] = 1,
     on_demand: Annotated[
         bool, typer.Option(help="`llmdock serve` starts it when a request for it arrives.")
     ] = False,
@@ -182,6 +185,7 @@ def up(
         share_gpus=share_gpus,
         placement="spread" if spread else "binpack",
         expose=expose,
+        replicas=replicas,
         extra_args=list(ctx.args),
         runtime=runtime,
         engine_env=engine_env or named_env,
@@ -270,6 +274,10 @@ def show_up(result: UpResult, json_out: bool) -> None:
         "replaced": "replaced",
         "created": "deployed",
     }
+    for member in result.members[1:]:
+        out.print(f"[green]✓[/green] replica {member.plan.spec.name}: {member.url}, {verb[member.action]}")
+    if result.members:
+        name = result.members[0].plan.spec.group or name
     ready = f", ready in {result.ready_after_s:.1f}s" if result.ready_after_s is not None else ""
     out.print(f"[green]✓[/green] {name} {verb[result.action]}{ready}")
     out.print(f"  endpoint  {result.url}   model {escape(plan.served_name)}")

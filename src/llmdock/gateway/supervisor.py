@@ -106,10 +106,10 @@ class DockerSource:
         for d in self.runtime.deployments():
             if d.port is None:
                 continue
-            aliases = tuple(a for a in (d.name, d.model, PurePosixPath(d.model).name) if a)
+            aliases = tuple(a for a in (d.group, d.model, PurePosixPath(d.model).name) if a)
             out.append(
                 Target(
-                    deployment=d.name,
+                    deployment=d.group or d.name,  # replicas share their group's route
                     served_name=d.served_name or d.name,
                     base_url=f"http://127.0.0.1:{d.port}",
                     key=d.id or f"{d.name}:{d.port}",

@@ -86,9 +86,12 @@ def labels_for(
     model_dir: str = "",
     runtime: str = "docker",
     engine_env: str = "",
+    group: str | None = None,
 ) -> dict[str, str]:
     """The ``io.llmdock.*`` labels: enough to list, route to and re-adopt a deployment without the DB."""
     extra = {f"{LABEL}.runtime": runtime, f"{LABEL}.engine-env": engine_env} if runtime != "docker" else {}
+    if group:
+        extra[f"{LABEL}.group"] = group
     return extra | {
         MANAGED: "true",
         f"{LABEL}.name": name,

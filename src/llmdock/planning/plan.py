@@ -203,6 +203,7 @@ def make_plan(
             model_dir=model_dir,
             runtime=spec.runtime,
             engine_env=spec.engine_env or "",
+            group=spec.group,
         ),
         gpu_ids=gpus,
         network_mode=spec.network,

@@ -20,6 +20,7 @@ class Deployment:
     state: str  # created | running | restarting | exited | dead | paused
     model: str = ""
     model_dir: str = ""
+    group: str = ""  # the deployment a replica belongs to (its own name when not a replica)
     engine: str = ""
     port: int | None = None
     gpus: tuple[int, ...] = ()
@@ -60,6 +61,7 @@ class Deployment:
             name=label("name"),
             model=label("model"),
             model_dir=label("model-dir"),
+            group=label("group") or label("name"),
             engine=label("engine"),
             port=int(port) if port.isdigit() else None,
             gpus=gpus,
