@@ -69,6 +69,10 @@ def test_serve_routes_streams_and_restarts_a_killed_container(
         wait_until(lambda: ready(gw, served), 180, "the deployment to come back")
         assert chat(gw, served).choices
     kinds = events(name)
+    row = next(r for r in json.loads(cli("ps", "--json").stdout) if r["name"] == name)
+    assert row["health"] in ("healthy", "restarted", "ready", "started", None)  # ps shows the gateway's marks
+    if "unhealthy" in kinds:
+        assert "healthy" in kinds[kinds.index("unhealthy") :]  # its recovery is recorded too
     restarted_by_docker = docker_client.containers.get(name).attrs["RestartCount"] > 0
     assert restarted_by_docker or ("crashed" in kinds and "restarted" in kinds), kinds
     usage = json.loads(cli("usage", "--json").stdout)

@@ -51,3 +51,15 @@ def test_database_is_private_and_a_corrupt_one_is_a_clear_error(tmp_path: Path) 
     with pytest.raises(ConfigError) as e:
         Store(tmp_path / "bad.db")
     assert "mv " in e.value.hint
+
+
+def test_health_marks_for_ps(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.record("a", "ready")
+    store.record("a", "unhealthy", "stopped answering")
+    store.record("b", "crashed")
+    store.record("b", "restarted")
+    store.record("b", "stopped")  # not a health event: the mark stays
+    store.record("c", "restarted")
+    store.record("c", "healthy")
+    assert store.health() == {"a": ("unhealthy", 0), "b": ("restarted", 1), "c": ("healthy", 1)}

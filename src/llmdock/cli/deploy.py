@@ -309,6 +309,21 @@ def show_fit(fit: Fit) -> None:
         out.print(f"[dim]note: {note}[/dim]")
 
 
+def supervision() -> dict[str, tuple[str, int]]:
+    """Health marks `llmdock serve` recorded (latest event, restarts), if there is a state database."""
+    from llmdock.errors import LlmdockError
+    from llmdock.settings import load
+    from llmdock.state import Store
+
+    path = load().db_path
+    if not path.exists():
+        return {}
+    try:
+        return Store(path).health()
+    except LlmdockError:
+        return {}
+
+
 def ps(json_out: Json = False) -> None:
     """List deployments (read from Docker, so it works even without the database)."""
     from rich.table import Table
@@ -320,8 +335,13 @@ def ps(json_out: Json = False) -> None:
     rts = Runtimes(runtimes(load()))
     deps = rts.deployments()
     print_notes(rts.notes)
+    health = supervision()
     if json_out:
-        print_json([{k: v for k, v in vars(d).items() if k != "spec"} for d in deps])
+        rows = [{k: v for k, v in vars(d).items() if k != "spec"} for d in deps]
+        for row, d in zip(rows, deps, strict=True):
+            kind, restarts = health.get(d.name) or health.get(d.group) or ("", 0)
+            row["health"], row["gateway_restarts"] = kind or None, restarts
+        print_json(rows)
         return
     table = Table(box=None, header_style="bold")
     for col in ("NAME", "STATE", "RUNTIME", "ENGINE", "PORT", "GPUS", "MODEL"):
@@ -329,6 +349,10 @@ def ps(json_out: Json = False) -> None:
     for d in deps:
         state = d.state + (f" ({d.exit_code})" if d.state == "exited" and d.exit_code is not None else "")
         state += " [red]crashed[/red]" if d.error else ""
+        kind, restarts = health.get(d.name) or health.get(d.group) or ("", 0)
+        if d.running and kind in ("unhealthy", "restart-failed", "gave-up"):
+            state += f" [red]{kind}[/red]"
+        state += f" [dim]restarted ×{restarts}[/dim]" if restarts else ""
         gpus = ",".join(map(str, d.gpus)) or "-"
         table.add_row(d.name, state, d.runtime, d.engine, str(d.port or "-"), gpus, d.model)
     out.print(table if deps else "no deployments (start one with `llmdock up MODEL`)")

@@ -136,6 +136,7 @@ class Supervisor:
     ) -> None:
         self.table = table
         self.metrics = metrics
+        self._unhealthy: set[str] = set()  # replicas recorded unhealthy, so their recovery is recorded too
         self.sources = list(sources)
         self.session = session
         self.config = config
@@ -236,11 +237,15 @@ class Supervisor:
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError):
             ok = False
         replica.healthy = ok
+        name = route.name
         if was and not ok and replica.target.key.startswith("static:") is False:
-            name = route.name
+            self._unhealthy.add(replica.target.key)
             await self.act(
                 lambda c: c.record(name, "unhealthy", f"{base} stopped answering its health check")
             )
+        elif ok and not was and replica.target.key in self._unhealthy:
+            self._unhealthy.discard(replica.target.key)
+            await self.act(lambda c: c.record(name, "healthy", f"{base} answers again"))
 
     async def reconcile(self) -> None:
         """Restart deployments that exited without being stopped, with exponential backoff."""

@@ -28,6 +28,19 @@ def migrate(db: sqlite3.Connection) -> list[int]:
     return applied
 
 
+# What the gateway's supervisor records about a deployment's health, latest wins (see ``ps``).
+HEALTH_EVENTS = (
+    "unhealthy",
+    "healthy",
+    "crashed",
+    "restarted",
+    "restart-failed",
+    "gave-up",
+    "ready",
+    "started",
+)
+
+
 class Store:
     """Small typed facade over the state database at ``path`` (created and migrated on open)."""
 
@@ -83,6 +96,17 @@ class Store:
             "SELECT at, kind, detail FROM events WHERE name=? ORDER BY id DESC LIMIT ?", (name, limit)
         ).fetchall()
         return [(float(a), str(k), str(d)) for a, k, d in reversed(rows)]
+
+    def health(self, kinds: tuple[str, ...] = HEALTH_EVENTS) -> dict[str, tuple[str, int]]:
+        """Per deployment: the latest supervision event (``unhealthy``, ``healthy``, ``restarted``…)
+        recorded by ``llmdock serve``, and how many restarts it made. For ``ps``."""
+        marks = ",".join("?" * len(kinds))
+        rows = self.db.execute(
+            f"SELECT name, kind, (SELECT COUNT(*) FROM events r WHERE r.name = e.name AND r.kind = 'restarted') "
+            f"FROM events e WHERE id IN (SELECT MAX(id) FROM events WHERE kind IN ({marks}) GROUP BY name)",
+            kinds,
+        ).fetchall()
+        return {str(n): (str(k), int(c)) for n, k, c in rows}
 
     def engine_version(self, image_id: str, engine: str) -> str | None:
         row = self.db.execute(
