@@ -166,6 +166,8 @@ def up(
     from llmdock.spec import DeploymentSpec
 
     variables, named_env = split_env(env or [], runtime)
+    if Path(model).expanduser().exists():  # ./m and /abs/m are the same deployment: hash the real path
+        model = str(Path(model).expanduser().resolve())
     spec = DeploymentSpec.create(
         model,
         name=name,
@@ -361,7 +363,7 @@ def ps(json_out: Json = False) -> None:
 def logs(
     name: Name,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
-    tail: Annotated[int | None, typer.Option("--tail", "-n", help="Only the last N lines.")] = None,
+    tail: Annotated[int | None, typer.Option("--tail", "-n", min=0, help="Only the last N lines.")] = None,
 ) -> None:
     """Print the engine's log (what `tail -f nohup.out` showed)."""
     import sys
