@@ -93,7 +93,8 @@ def make_plan(
     length, and refuses what cannot fit, naming the nearest alternatives that do.
     """
     engine = get_engine(spec.engine)
-    spec = spec.with_image(image)
+    if spec.runtime != "local":  # a local deployment's "image" is its engine environment, kept in engine_env
+        spec = spec.with_image(image)
     problems: list[str] = []
     blocking: list[str] = []  # problems of the request itself, not of this host's current state
 

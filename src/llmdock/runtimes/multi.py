@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import cast
@@ -23,6 +24,7 @@ from llmdock.runtimes.base import Deployment, Runtime
 from llmdock.settings import Settings
 
 Factory = Callable[[], Runtime]
+RETRY_S = 5.0  # a member that could not be reached is tried again after this long (long-lived callers)
 Member = Runtime | Factory
 
 
@@ -33,6 +35,7 @@ class Runtimes:
         self._members = dict(members)
         self._ready: dict[str, Runtime] = {}
         self._errors: dict[str, RuntimeUnavailable] = {}
+        self._failed_at: dict[str, float] = {}
         self.default = default if default in self._members else next(iter(self._members))
         self.notes: list[str] = []
 
@@ -44,7 +47,7 @@ class Runtimes:
         """The member ``kind``, connecting on first use; RuntimeUnavailable when it cannot be reached."""
         if kind in self._ready:
             return self._ready[kind]
-        if kind in self._errors:
+        if kind in self._errors and time.monotonic() - self._failed_at[kind] < RETRY_S:
             raise self._errors[kind]
         if kind not in self._members:
             raise InvalidSpec(
@@ -54,8 +57,9 @@ class Runtimes:
         try:
             rt = cast(Runtime, member) if hasattr(member, "deployments") else member()
         except RuntimeUnavailable as e:
-            self._errors[kind] = e
+            self._errors[kind], self._failed_at[kind] = e, time.monotonic()
             raise
+        self._errors.pop(kind, None)
         self._ready[kind] = rt
         return rt
 
