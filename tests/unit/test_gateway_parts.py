@@ -226,3 +226,26 @@ def test_route_objects_survive_rebuilds_so_in_flight_counts_stay_true() -> None:
     route.replicas[0].healthy = True
     table.rebuild([restarted], {})
     assert not route.replicas[0].healthy  # a new process is probed before it gets traffic
+
+
+def test_a_served_name_two_deployments_claim_goes_to_the_ready_one() -> None:
+    from llmdock.gateway.routing import Policy, RouteTable, Target
+
+    def target(dep: str, port: int, running: bool) -> Target:
+        return Target(
+            deployment=dep,
+            served_name="/work/m",
+            base_url=f"http://127.0.0.1:{port}",
+            key=dep,
+            running=running,
+            health_path="/health",
+            aliases=(dep,),
+        )
+
+    table = RouteTable()
+    table.rebuild([target("old", 1, False), target("new", 2, True)], {})
+    table.routes["new"].replicas[0].healthy = True
+    assert table.lookup("/work/m").name == "new"  # type: ignore[union-attr]
+    table.rebuild([target("new", 2, True), target("old", 1, False)], {"old": Policy()})
+    assert table.lookup("/work/m").name == "new"  # type: ignore[union-attr]
+    assert table.lookup("old").name == "old"  # type: ignore[union-attr]

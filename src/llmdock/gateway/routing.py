@@ -101,8 +101,12 @@ class RouteTable:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}  # deployment name -> route
         self.by_model: dict[str, Route] = {}
+        self.shared: dict[str, list[Route]] = {}  # served names several deployments claim
 
     def lookup(self, model: str) -> Route | None:
+        """The route for ``model``; where several deployments serve that name, one that is ready."""
+        if model in self.shared:
+            return next((r for r in self.shared[model] if r.ready), self.by_model.get(model))
         return self.by_model.get(model)
 
     def rebuild(self, targets: Iterable[Target], policies: Mapping[str, Policy]) -> None:
@@ -134,8 +138,11 @@ class RouteTable:
             route.policy = policies.get(route.name, Policy())
             for alias in route.aliases:
                 by_model.setdefault(alias, route)
+        claims: dict[str, list[Route]] = {}
         for route in routes.values():  # served names win over aliases
             by_model[route.served_name] = route
+            claims.setdefault(route.served_name, []).append(route)
+        self.shared = {name: rs for name, rs in claims.items() if len(rs) > 1}
         self.routes, self.by_model = routes, by_model
 
     def servable(self) -> list[Route]:
