@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from llmdock.lifecycle import Lifecycle, PullOptions, UpResult
-    from llmdock.planning.fit import Fit
+    from llmdock.lifecycle import Lifecycle, PullOptions
     from llmdock.runtimes.multi import Member
     from llmdock.settings import Settings
 
@@ -220,6 +219,8 @@ def up(
 
         KeyStore(lc.store).set_policy(spec.name, policy)
         lc.store.record(spec.name, "policy", f"on_demand={on_demand} idle_stop={idle_stop}")
+    from llmdock.cli.views import show_up
+
     show_up(result, json_out)
     if result.action == "dry-run" and result.plan.blocking:
         raise typer.Exit(1)  # the request itself cannot work (does not fit, bad model…): scripts can tell
@@ -236,79 +237,6 @@ def split_env(values: list[str], runtime: str) -> tuple[list[str], str | None]:
 
         raise InvalidSpec(f"--env names two environments: {', '.join(names)}", "give one --env NAME")
     return [v for v in values if "=" in v], names[0]
-
-
-def show_up(result: UpResult, json_out: bool) -> None:
-    import shlex
-
-    from rich.markup import escape
-
-    from llmdock.cli.render import out, print_json
-    from llmdock.planning.container import docker_run_line
-
-    if json_out:
-        print_json(result.to_dict())
-        return
-    plan = result.plan
-    name = plan.spec.name
-    if result.action == "dry-run":
-        out.print(
-            f"[bold]would deploy[/bold] {name}: {plan.spec.engine} on "
-            f"{'GPUs ' + ','.join(map(str, plan.gpus)) if plan.gpus else 'CPU'}, port {plan.port}"
-        )
-        for problem in plan.problems:
-            out.print(f"[yellow]! {escape(problem)}[/yellow]")
-        for note in plan.notes:
-            out.print(f"[dim]note: {escape(note)}[/dim]")
-        if plan.fit is not None:
-            show_fit(plan.fit)
-        out.print("[bold]engine command:[/bold]")
-        out.print(escape(shlex.join(plan.argv)))
-        if plan.spec.runtime == "local":
-            out.print(f"[bold]runs in engine environment[/bold] {escape(plan.spec.engine_env or '')}")
-        else:
-            out.print("[bold]equivalent docker command:[/bold]")
-            out.print(escape(docker_run_line(plan.container)))
-        return
-    verb = {
-        "unchanged": "already running",
-        "started": "started",
-        "replaced": "replaced",
-        "created": "deployed",
-    }
-    for member in result.members[1:]:
-        out.print(f"[green]✓[/green] replica {member.plan.spec.name}: {member.url}, {verb[member.action]}")
-    if result.members:
-        name = result.members[0].plan.spec.group or name
-    ready = f", ready in {result.ready_after_s:.1f}s" if result.ready_after_s is not None else ""
-    out.print(f"[green]✓[/green] {name} {verb[result.action]}{ready}")
-    out.print(f"  endpoint  {result.url}   model {escape(plan.served_name)}")
-    out.print(f"  logs      llmdock logs -f {name}")
-    out.print(f"  stop      llmdock stop {name}   (remove: llmdock rm -f {name})")
-
-
-def show_fit(fit: Fit) -> None:
-    """The planner's numbers: TP, context, KV capacity and where each GPU's memory goes."""
-    from rich.table import Table
-
-    from llmdock.cli.render import out
-
-    gib = 2**30
-    out.print(
-        f"[bold]fit:[/bold] TP {fit.tp} on GPUs {','.join(map(str, fit.gpus))}, max_model_len {fit.max_model_len}, "
-        f"utilization {fit.gpu_memory_utilization:g}, KV cache {fit.kv_tokens:,} tokens "
-        f"= {fit.concurrent_seqs:.1f} full-length sequences at once"
-    )
-    table = Table(box=None, header_style="bold")
-    cols = ("GPU", "total", "budget", "weights", "activation", "vision", "runtime", "graphs", "KV cache")
-    for col in cols:
-        table.add_column(col, justify="right")
-    for g in fit.per_gpu:
-        values = (g.total, g.budget, g.weights, g.activation, g.vision, g.runtime, g.cuda_graph, g.kv_cache)
-        table.add_row(str(g.index), *(f"{v / gib:.1f}G" for v in values))
-    out.print(table)
-    for note in fit.notes:
-        out.print(f"[dim]note: {note}[/dim]")
 
 
 def supervision() -> dict[str, tuple[str, int]]:
