@@ -52,12 +52,15 @@ def current_phase(lines: list[str], engine: Engine) -> str | None:
     return None
 
 
-def probe(port: int, health_path: str, served_name: str, timeout: float = 2.0) -> bool:
+def probe(port: int, health_path: str, served_name: str | None, timeout: float = 2.0) -> bool:
+    """Health answers 200 and ``/v1/models`` lists ``served_name`` (None: health alone decides)."""
     base = f"http://127.0.0.1:{port}"
     try:
         with _DIRECT.open(base + health_path, timeout=timeout) as r:
             if r.status != 200:
                 return False
+        if served_name is None:
+            return True
         with _DIRECT.open(base + "/v1/models", timeout=timeout) as r:
             ids = [m.get("id") for m in json.loads(r.read()).get("data", [])]
     except (OSError, urllib.error.URLError, ValueError):
@@ -90,7 +93,8 @@ def wait_ready(
         restarts = dep.restart_count if restarts is None else restarts
         if dep.state in ("exited", "dead", "restarting") or dep.restart_count > restarts:
             raise failed(dep, read_tail(name, LOG_TAIL), engine)
-        if dep.port is not None and probe(dep.port, dep.health_path, dep.served_name):
+        listed = dep.served_name if engine.lists_local_models else None
+        if dep.port is not None and probe(dep.port, dep.health_path, listed):
             return time.monotonic() - start
         now = time.monotonic()
         if now >= deadline:

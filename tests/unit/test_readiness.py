@@ -162,3 +162,14 @@ def test_phases_are_reported() -> None:
     with pytest.raises(ReadinessTimeout, match="loading weights"):
         wait_ready(rt, "d", get_engine("vllm"), timeout=1.2, on_phase=seen.append)
     assert seen == ["loading weights"]
+
+
+def test_transformers_is_ready_on_health_alone(server: http.server.ThreadingHTTPServer) -> None:
+    """Older `transformers serve` never lists a local model under /v1/models; /health decides."""
+    rt = MemoryRuntime()
+    rt.items["d"] = replace(
+        running(server.server_address[1], served="/work/not-listed"), engine="transformers"
+    )
+    assert wait_ready(rt, "d", get_engine("transformers"), timeout=5) < 1
+    with pytest.raises(ReadinessTimeout):
+        wait_ready(rt, "d", get_engine("vllm"), timeout=0.5)

@@ -97,6 +97,9 @@ class Engine:
     package: str = ""  # Python distribution whose version selects flag syntax
     health_path: str = "/health"
     uses_gpus: bool = True
+    # Whether /v1/models lists a model served from a local path; where it does not, /health alone
+    # (answered only once the model is loaded) says ready.
+    lists_local_models: bool = True
     phases: tuple[Phase, ...] = ()
     failures: tuple[Failure, ...] = ()
     # Flags llmdock renders from its own options; repeating one after `--` would silently override

@@ -16,6 +16,9 @@ class Transformers(Engine):
     package = "transformers"
     health_path = "/health"
     uses_gpus = False
+    # `transformers serve` loads the forced model before it answers /health; releases before 5.24
+    # list only models in the Hugging Face cache under /v1/models (seen on 5.17), never a local path.
+    lists_local_models = False
     phases = phases(
         (r"Loading weights|loading configuration file", "loading weights"),
         (r"Waiting for application startup", "starting server"),
