@@ -106,7 +106,7 @@ def test_up_ready_chat_stop_start_rm(local: Path, tiny_model: Path, lname: str) 
     assert b"CUDA_VISIBLE_DEVICES=" in env and b"HF_HUB_OFFLINE=1" in env
 
     logs = cli("logs", lname, "--tail", "50")
-    assert logs.returncode == 0 and "/v1/models" in logs.stdout
+    assert logs.returncode == 0 and "/v1/chat/completions" in logs.stdout
     assert json.loads(cli(*up_args(tiny_model, lname, "--json")).stdout)["action"] == "unchanged"
 
     assert cli("stop", lname, "--timeout", "10").returncode == 0
