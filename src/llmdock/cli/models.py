@@ -176,10 +176,11 @@ def import_(
     ] = None,
     models_dir: ModelsDir = None,
     json_out: JsonFlag = False,
+    copy: Annotated[bool, typer.Option("--copy", help="Copy the files into the store first.")] = False,
 ) -> None:
-    """Register weights already on disk (e.g. a manual `modelscope download`) without copying them."""
+    """Register weights already on disk (e.g. a manual `modelscope download`), in place unless --copy."""
     with _progress(json_out, verb="hash") as progress:
-        model = _store(models_dir).import_local(path, name, progress=progress)
+        model = _store(models_dir).import_local(path, name, progress=progress, copy=copy)
     if json_out:
         _emit({"event": "result", **model.as_dict()})
     else:

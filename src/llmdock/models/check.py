@@ -117,12 +117,14 @@ def _repair(
 
 
 def import_local(
-    store: ModelStore, path: Path, name: str | None = None, progress: Progress = _quiet
+    store: ModelStore, path: Path, name: str | None = None, progress: Progress = _quiet, copy: bool = False
 ) -> LocalModel:
-    """Register a directory of weights (e.g. a manual ``modelscope download``) without copying it.
+    """Register a directory of weights (e.g. a manual ``modelscope download``), in place by default.
 
     Every file is hashed once, so a later ``verify`` can tell if it changed. Dot-files and
-    dot-directories (``.cache``, ``.git``) are not part of the model.
+    dot-directories (``.cache``, ``.git``) are not part of the model. With ``copy`` the files are
+    first copied into the store (through its staging place, moved in at once, space checked first),
+    so the original can be deleted.
     """
     from llmdock.models.store import LocalModel
 
@@ -150,6 +152,8 @@ def import_local(
                 "choose another --name, or remove the old one with `llmdock models rm`",
             )
         total = sum(p.stat().st_size for p in files)
+        if copy and Path(old.path if old else "") != lay.weights:
+            root, files = _copy_in(store, root, files, lay.weights, lay.staging, total)
         progress({"event": "verify_start", "model": ref.key, "files": len(files), "total_bytes": total})
 
         def record(p: Path) -> FileRecord:
@@ -172,6 +176,30 @@ def import_local(
         )
         manifest.write(lay.manifest, m)
     return LocalModel(ref, m)
+
+
+def _copy_in(
+    store: ModelStore, root: Path, files: list[Path], dest: Path, staging: Path, total: int
+) -> tuple[Path, list[Path]]:
+    """Copy ``files`` (under ``root``) to ``dest`` via ``staging``; a half copy never sits at ``dest``."""
+    import shutil
+
+    from llmdock.models import disk
+
+    if dest.exists():
+        raise InvalidSpec(
+            f"{dest} already exists in the store", "choose another --name, or `llmdock models rm` it"
+        )
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    disk.check_space(total, disk.probe(staging.parent), reserve=store.reserve)
+    shutil.rmtree(staging, ignore_errors=True)
+    for f in files:
+        target = staging / f.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, target)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(dest)
+    return dest, [dest / f.relative_to(root) for f in files]
 
 
 def _default_name(root: Path) -> str:

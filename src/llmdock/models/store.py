@@ -204,10 +204,12 @@ class ModelStore:
 
         return verify(self, name, **kwargs)
 
-    def import_local(self, path: Path, name: str | None = None, progress: Progress = _quiet) -> LocalModel:
+    def import_local(
+        self, path: Path, name: str | None = None, progress: Progress = _quiet, copy: bool = False
+    ) -> LocalModel:
         from llmdock.models.check import import_local
 
-        return import_local(self, path, name, progress=progress)
+        return import_local(self, path, name, progress=progress, copy=copy)
 
     def resolve(
         self,
