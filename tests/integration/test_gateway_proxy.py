@@ -224,3 +224,18 @@ def test_metrics_and_admin_schema(gw: Served) -> None:
 def test_refuses_public_bind_without_keys(home: Path) -> None:
     done = cli("serve", "--host", "0.0.0.0", "--port", "0", "--no-docker", timeout=30)
     assert done.returncode == 1 and "without any API key" in done.stderr and "--insecure" in done.stderr
+
+
+def test_revoking_the_last_key_does_not_open_a_public_gateway(
+    home: Path, tmp_path: Path, upstream: Upstream
+) -> None:
+    only = cli("keys", "create", "only", "--admin").stdout.strip()
+    with serve(tmp_path, "--host", "0.0.0.0", "--no-docker", "--route", f"mock={upstream.url}") as gw:
+        url, body = gw.url + "/v1/chat/completions", {"model": "mock", "messages": []}
+        with httpx.Client() as c:
+            assert c.post(url, json=body, headers={"Authorization": f"Bearer {only}"}).status_code == 200
+            assert cli("keys", "revoke", "only").returncode == 0
+            assert wait_for(lambda: c.post(url, json=body).status_code == 401)
+            assert c.get(gw.url + "/admin/v1/keys").status_code == 401
+            r = c.post(gw.url + "/admin/v1/keys", json={"name": "pwn", "admin": True})
+            assert r.status_code == 401 and error(r)["type"] == "invalid_request_error"

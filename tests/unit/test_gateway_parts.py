@@ -249,3 +249,12 @@ def test_a_served_name_two_deployments_claim_goes_to_the_ready_one() -> None:
     table.rebuild([target("new", 2, True), target("old", 1, False)], {"old": Policy()})
     assert table.lookup("/work/m").name == "new"  # type: ignore[union-attr]
     assert table.lookup("old").name == "old"  # type: ignore[union-attr]
+
+
+def test_an_authenticator_that_requires_a_key_refuses_when_none_exist() -> None:
+    from llmdock.gateway.keys import ANONYMOUS, Authenticator
+    from llmdock.gateway.wire import Unauthorized
+
+    assert Authenticator().check(None) is ANONYMOUS  # loopback, no keys: open
+    with pytest.raises(Unauthorized, match="keys create"):
+        Authenticator(require_key=True).check(None)

@@ -147,6 +147,7 @@ class Gateway:
     async def start(self) -> None:
         opts = self.options
         check_exposure(opts.host, opts.insecure, not self.auth.open)
+        self.auth.require_key = not is_loopback(opts.host) and not opts.insecure
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=None)
         self.session = aiohttp.ClientSession(
             connector=connector,

@@ -75,6 +75,9 @@ class Authenticator:
 
     records: Iterable[KeyRecord] = ()
     clock: Callable[[], float] = time.monotonic
+    # Beyond loopback without --insecure: a key is always required, even after the last one is
+    # revoked (then every request is refused rather than the gateway falling open).
+    require_key: bool = False
     by_hash: dict[str, KeyRecord] = field(init=False, default_factory=dict)
     buckets: dict[str, Bucket] = field(init=False, default_factory=dict)
 
@@ -92,6 +95,11 @@ class Authenticator:
 
     def check(self, header: str | None) -> KeyRecord:
         if not self.by_hash:
+            if self.require_key:
+                raise Unauthorized(
+                    "no API key is configured and this gateway listens beyond loopback: "
+                    "create one with `llmdock keys create NAME`"
+                )
             return ANONYMOUS
         if not header:
             raise Unauthorized("missing API key: send `Authorization: Bearer sk-llmdock-...`")
