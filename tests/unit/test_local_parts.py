@@ -219,3 +219,29 @@ def test_new_spec_fields_keep_old_hashes() -> None:
     assert DeploymentSpec.from_dict(data).hash() == docker.hash()
     local = DeploymentSpec.create("/m/tiny", name="t", engine="transformers", runtime="local")
     assert local.hash() != docker.hash()
+
+
+def _fake_proc(root: Path, procs: list[tuple[int, int, int]]) -> Path:
+    """A /proc with ``(pid, session, start_ticks)`` entries, state S."""
+    for pid, session, start in procs:
+        (root / str(pid)).mkdir(parents=True)
+        rest = ["S", "1", str(session), str(session)] + ["0"] * 15 + [str(start)] + ["0"] * 5
+        (root / str(pid) / "stat").write_text(f"{pid} (engine) " + " ".join(rest) + "\n")
+    return root
+
+
+def test_a_reused_pid_is_never_signalled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from llmdock.runtimes.procs import signal_group
+
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(os, "killpg", lambda pid, sig: sent.append((-pid, sig)))
+    # Engine A was PID 500 (start 1000) and is gone; PID 500 now leads another session, started later,
+    # whose worker 501 shares session number 500. Stopping A must touch neither.
+    proc = _fake_proc(tmp_path / "proc", [(500, 500, 5000), (501, 500, 5001)])
+    assert signal_group(500, 1000, 15, proc) == 0 and sent == []
+    # A's workers outliving their leader (PID 500 free) are still found and signalled.
+    proc = _fake_proc(tmp_path / "proc2", [(501, 500, 1001)])
+    assert signal_group(500, 1000, 15, proc) == 1 and sent == [(501, 15)]

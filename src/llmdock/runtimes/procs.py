@@ -129,6 +129,11 @@ def signal_group(pid: int, start_ticks: int, sig: int, proc: Path = PROC) -> int
             return 1
         except ProcessLookupError:
             return 0
+    now = read_stat(pid, proc)
+    if now is not None and now.start_ticks != start_ticks and now.state not in ("Z", "X", "x"):
+        # The number belongs to another process now (maybe a new session leader, whose session
+        # then carries this number too): its members are not ours, so signal nothing.
+        return 0
     sent = 0
     for member in session_members(pid, start_ticks, proc):
         try:
