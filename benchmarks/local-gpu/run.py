@@ -222,8 +222,14 @@ def main() -> int:
         t0 = time.monotonic()
         try:
             up = lc.up(spec, wait=False)
+            from llmdock.engines import get_engine
+            from llmdock.readiness import wait_ready
+
+            # llmdock's own readiness (what `up` waits on), then the raw endpoints for comparison.
+            wait_ready(local, "gpu-tiny", get_engine("transformers"), timeout=args.timeout)
+            res["llmdock_ready_after_s"] = round(time.monotonic() - t0, 2)
             res["health_after_s"], res["ready_after_s"] = wait_health_then_ready(
-                up.plan.port, up.plan.served_name, t0, args.timeout
+                up.plan.port, up.plan.served_name, t0, 2 * args.timeout
             )
         except Exception as e:
             res["error"] = f"{type(e).__name__}: {e}"
