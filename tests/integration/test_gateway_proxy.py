@@ -219,6 +219,11 @@ def test_metrics_and_admin_schema(gw: Served) -> None:
     schema = httpx.get(gw.url + "/openapi.json").json()
     assert "/admin/v1/deployments/{name}/logs" in schema["paths"]
     assert httpx.get(gw.url + "/admin/v1/models").json()["data"][0]["id"] == "mock"
+    for bad in ({"name": "k", "rpm": "5"}, {"name": "k", "models": "abc"}):
+        r = httpx.post(gw.url + "/admin/v1/keys", json=bad)
+        assert r.status_code == 400 and error(r)["type"] == "invalid_request_error"
+    r = httpx.get(gw.url + "/admin/v1/usage?since=abc")
+    assert r.status_code == 400 and "bad request" in error(r)["message"]
 
 
 def test_refuses_public_bind_without_keys(home: Path) -> None:

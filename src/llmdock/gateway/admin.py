@@ -66,6 +66,9 @@ class Admin:
             self.auth.admin(request.headers.get("Authorization"))
             parts = [p for p in request.path.split("/") if p][2:]  # after admin/v1
             return await self.route(request, request.method, parts)
+        except (ValueError, TypeError) as e:  # a query or body field of the wrong kind
+            bad = BadRequest(f"bad request: {e}")
+            return web.Response(status=bad.status, body=bad.body(), content_type="application/json")
         except GatewayError as e:
             return web.Response(status=e.status, body=e.body(), content_type="application/json")
         except LlmdockError as e:
@@ -123,11 +126,13 @@ class Admin:
             return json_response([vars(k) for k in self.keystore.list_keys()])
         if not rest and method == "POST":
             body = await self.json(request)
+            models, rpm = body.get("models") or [], body.get("rpm")
+            if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+                raise BadRequest("`models` must be a list of model names")
+            if rpm is not None and (not isinstance(rpm, int) or isinstance(rpm, bool) or rpm < 1):
+                raise BadRequest("`rpm` must be a positive whole number")
             key = self.keystore.create(
-                str(body.get("name", "")),
-                models=tuple(body.get("models") or ()),
-                rpm=body.get("rpm"),
-                admin=bool(body.get("admin")),
+                str(body.get("name", "")), models=tuple(models), rpm=rpm, admin=bool(body.get("admin"))
             )
             return json_response({"name": body["name"], "key": key}, status=201)
         if len(rest) == 1 and method == "DELETE":
