@@ -98,3 +98,21 @@ def test_missing_env_is_refused_before_anything_exists(tmp_path: Path, model: st
         )
     assert "env create nope --engine transformers" in e.value.hint
     assert local.items == {} and lc.store.deployment_names() == []
+
+
+def test_a_member_failing_while_listing_does_not_hide_the_others() -> None:
+    from llmdock.errors import RuntimeUnavailable
+    from llmdock.runtimes.multi import Runtimes
+    from tests.support.memruntime import MemoryRuntime
+
+    class Dying(MemoryRuntime):
+        def deployments(self) -> list:  # type: ignore[override, type-arg]
+            raise RuntimeUnavailable("Docker did not answer: connection reset")
+
+    local = MemoryRuntime()
+    from llmdock.runtimes.base import Deployment
+
+    local.items["a"] = Deployment(name="a", state="running")
+    rts = Runtimes({"local": local, "docker": Dying()})
+    assert [d.name for d in rts.deployments()] == ["a"]
+    assert any("connection reset" in n for n in rts.notes)

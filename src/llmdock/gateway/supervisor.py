@@ -207,7 +207,9 @@ class Supervisor:
             except Exception as e:
                 log.warning("listing deployments failed: %s", e)
                 return
-        self.policies = await self.act(lambda c: c.policies()) or self.policies
+        policies = await self.act(lambda c: c.policies())
+        if policies is not None:  # an empty table is an answer too: the last policy was removed
+            self.policies = policies
         self.table.rebuild(targets, self.policies)
         now = time.monotonic()
         for route in self.table.routes.values():

@@ -73,7 +73,16 @@ class Runtimes:
                     self.notes.append(note)
 
     def deployments(self) -> list[Deployment]:
-        found = [replace(d, runtime=kind) for kind, rt in self._reachable() for d in rt.deployments()]
+        """Every reachable member's deployments; one that fails while listing (dockerd died after we
+        connected) is skipped with a note, so the others are still listed."""
+        found: list[Deployment] = []
+        for kind, rt in self._reachable():
+            try:
+                found += [replace(d, runtime=kind) for d in rt.deployments()]
+            except RuntimeUnavailable as e:
+                note = f"{kind} deployments not listed: {e.message}"
+                if note not in self.notes:
+                    self.notes.append(note)
         return sorted(found, key=lambda d: d.name)
 
     def get(self, name: str) -> Deployment | None:
