@@ -56,10 +56,15 @@ def demo(
 
     from openai import OpenAI
 
-    with OpenAI(base_url=result.url, api_key="none", max_retries=0, timeout=120) as client:
-        reply = client.chat.completions.create(
-            model=result.plan.served_name, messages=[{"role": "user", "content": prompt}], max_tokens=16
-        )
+    try:
+        with OpenAI(base_url=result.url, api_key="none", max_retries=0, timeout=120) as client:
+            reply = client.chat.completions.create(
+                model=result.plan.served_name, messages=[{"role": "user", "content": prompt}], max_tokens=16
+            )
+    except Exception:
+        if rm:  # --rm cleans up even when the chat fails
+            lc.rm(DEMO_NAME, force=True)
+        raise
     answer = reply.choices[0].message.content or ""
     out.print(f"you     {escape(prompt)}")
     out.print(
