@@ -102,7 +102,9 @@ class LocalRuntime:
         return isinstance(pid, int) and isinstance(ticks, int) and procs.alive(pid, ticks)
 
     def _settle(self, state: dict[str, Any]) -> dict[str, Any]:
-        """Record the exit code of a process that ended, when we can still reap it."""
+        """Record the exit code of a process that ended, when we can still reap it; keep its log
+        within its cap (every listing does this, so a log nobody reads still stays bounded)."""
+        self._cap(state)
         pid = state.get("pid")
         if isinstance(pid, int) and state.get("exit_code") is None and not self._alive(state):
             code = procs.reap(pid)
@@ -224,10 +226,12 @@ class LocalRuntime:
         shutil.rmtree(self._dir(name))
 
     def logs(self, name: str, *, tail: int | None = None, follow: bool = False) -> Iterator[str]:
-        state = self._state(name)
-        log = self._dir(name) / LOG
+        self._cap(self._state(name))
+        return self._logs(name, self._dir(name) / LOG, tail, follow)
+
+    def _cap(self, state: dict[str, Any]) -> None:
+        log = self._dir(str(state["name"])) / LOG
         procs.cap(log, int(state.get("log_max_bytes", 100 << 20)), int(state.get("log_max_files", 3)))
-        return self._logs(name, log, tail, follow)
 
     def _logs(self, name: str, log: Path, tail: int | None, follow: bool) -> Iterator[str]:
         yield from procs.tail_lines(log, tail)
