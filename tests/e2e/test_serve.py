@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import cli
@@ -125,6 +126,13 @@ def test_replicas_share_one_name_and_the_gateway_balances(
             wait_until(lambda: ready(gw, served), 30, "the gateway to see the replicas")
             for _ in range(6):
                 assert chat(gw, name).choices  # the group name routes to both
+            logs = httpx.get(f"{gw.url}/admin/v1/deployments/{name}-1/logs?tail=20", timeout=30)
+            assert logs.status_code == 200 and "/v1/chat/completions" in logs.text
+            with httpx.stream(
+                "GET", f"{gw.url}/admin/v1/deployments/{name}-2/logs?follow=1", timeout=30
+            ) as r:
+                assert r.status_code == 200 and next(r.iter_lines())  # then the client leaves mid-follow
+            assert chat(gw, name).choices  # the gateway is unharmed
         for replica in replicas:
             logs = docker_client.containers.get(replica).logs().decode()
             assert "/v1/chat/completions" in logs, f"{replica} got no request"

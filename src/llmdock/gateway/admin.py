@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -150,9 +151,16 @@ class Admin:
         out = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
         await out.prepare(request)
         loop = asyncio.get_running_loop()
-        while (line := await loop.run_in_executor(None, next, lines, None)) is not None:
-            await out.write(line.encode() + b"\n")
-        await out.write_eof()
+        # Its own thread, not the shared pool: a follower of a quiet engine blocks in next() until the
+        # next line. When the client leaves, the stream is closed right after that pending read.
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="admin-logs")
+        try:
+            while (line := await loop.run_in_executor(reader, next, lines, None)) is not None:
+                await out.write(line.encode() + b"\n")
+            await out.write_eof()
+        finally:
+            reader.submit(getattr(lines, "close", lambda: None))
+            reader.shutdown(wait=False)
         return out
 
     def model(self, r: Any) -> dict[str, Any]:
