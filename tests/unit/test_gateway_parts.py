@@ -258,3 +258,19 @@ def test_an_authenticator_that_requires_a_key_refuses_when_none_exist() -> None:
     assert Authenticator().check(None) is ANONYMOUS  # loopback, no keys: open
     with pytest.raises(Unauthorized, match="keys create"):
         Authenticator(require_key=True).check(None)
+
+
+def test_usage_that_could_not_be_written_is_kept() -> None:
+    from llmdock.gateway.proxy import UsageBuffer
+
+    buf = UsageBuffer()
+    buf.add("k", "m", False, 10, 5)
+    batch = buf.take()
+    buf.add("k", "m", True, 1, 0)  # arrives while the write fails
+    buf.restore(batch)
+    slots = buf.take().values()  # one slot, or two if a minute boundary fell in between
+    totals = [
+        sum(getattr(u, f) for u in slots)
+        for f in ("requests", "errors", "prompt_tokens", "completion_tokens")
+    ]
+    assert totals == [2, 1, 11, 5]

@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import sqlite3
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +136,10 @@ class Gateway:
         self.options = options
         self.store = store
         self.keystore = KeyStore(store) if store is not None else None
+        if store is not None:
+            # This connection is used on the event loop: never wait long for another writer's lock
+            # (flush retries next tick), or every stream would stall with it.
+            store.db.execute("PRAGMA busy_timeout=100")
         self.auth = Authenticator(self.keystore.active() if self.keystore else ())
         self.table = RouteTable()
         self.metrics = Metrics()
@@ -211,8 +216,14 @@ class Gateway:
                 log.exception("housekeeping failed")
 
     def flush(self) -> None:
-        if self.keystore is not None:
-            self.keystore.add_usage(self.usage.take())
+        if self.keystore is None:
+            return
+        batch = self.usage.take()
+        try:
+            self.keystore.add_usage(batch)
+        except sqlite3.OperationalError:  # locked by another writer: keep the counts for next tick
+            self.usage.restore(batch)
+            raise
 
     async def close(self) -> None:
         if self.server is not None:

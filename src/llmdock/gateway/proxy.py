@@ -70,6 +70,15 @@ class UsageBuffer:
         batch, self.pending = self.pending, {}
         return batch
 
+    def restore(self, batch: dict[tuple[str, str, int], Usage]) -> None:
+        """Put back a batch that could not be written, adding what arrived meanwhile."""
+        for slot, u in batch.items():
+            mine = self.pending.setdefault(slot, Usage())
+            mine.requests += u.requests
+            mine.errors += u.errors
+            mine.prompt_tokens += u.prompt_tokens
+            mine.completion_tokens += u.completion_tokens
+
 
 Hold = Callable[[Route], Awaitable[Replica]]
 
