@@ -245,3 +245,32 @@ def test_a_reused_pid_is_never_signalled(tmp_path: Path, monkeypatch: pytest.Mon
     # A's workers outliving their leader (PID 500 free) are still found and signalled.
     proc = _fake_proc(tmp_path / "proc2", [(501, 500, 1001)])
     assert signal_group(500, 1000, 15, proc) == 1 and sent == [(501, 15)]
+
+
+def test_state_writers_take_turns(tmp_path: Path) -> None:
+    """The gateway's lister and its lifecycle thread write one state file: a flock serialises them."""
+    import fcntl
+    import threading
+
+    from llmdock.runtimes.local import LocalRuntime
+
+    rt = LocalRuntime(tmp_path / "local", envs=None)  # type: ignore[arg-type]
+    entered: list[str] = []
+    with rt._locked("d"):
+
+        def second() -> None:
+            with rt._locked("d"):
+                entered.append("second")
+
+        t = threading.Thread(target=second)
+        t.start()
+        t.join(0.3)
+        assert entered == []  # blocked while the first writer holds it
+        with (tmp_path / "local" / "d" / ".lock").open("a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                raise AssertionError("the lock was free")
+            except BlockingIOError:
+                pass
+    t.join(5)
+    assert entered == ["second"]

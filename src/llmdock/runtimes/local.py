@@ -13,6 +13,7 @@ earlier CLI is reported ``exited`` with no code (no supervisor watches it).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -110,8 +112,20 @@ class LocalRuntime:
             code = procs.reap(pid)
             if code is not None:
                 state["exit_code"] = code
-                self._save(state)
+                with self._locked(state["name"]):  # only if no start/stop changed it meanwhile
+                    fresh = self._load(state["name"])
+                    if fresh is not None and fresh.get("pid") == pid and fresh.get("exit_code") is None:
+                        self._save({**fresh, "exit_code": code})
         return state
+
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        """One writer of a deployment's state at a time (CLI, gateway threads): flock on its folder."""
+        folder = self._dir(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / ".lock").open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
 
     def _view(self, state: dict[str, Any]) -> Deployment:
         running = self._alive(state)
@@ -180,10 +194,14 @@ class LocalRuntime:
         return dep
 
     def start(self, name: str) -> None:
-        state = self._state(name)
+        self._settle(self._state(name))
+        with self._locked(name):
+            self._start(self._state(name))
+
+    def _start(self, state: dict[str, Any]) -> None:
+        name = state["name"]
         if self._alive(state):
-            return
-        self._settle(state)
+            return  # started meanwhile (two `start`s at once run one engine)
         log = self._dir(name) / LOG
         procs.rotate(log, int(state.get("log_max_files", 3)))
         prefix = Path(state["prefix"])
@@ -209,14 +227,15 @@ class LocalRuntime:
         self._save(state)
 
     def stop(self, name: str, timeout: float = 30) -> None:
-        state = self._state(name)
-        pid, ticks = state.get("pid"), state.get("start_ticks")
-        if isinstance(pid, int) and isinstance(ticks, int):
-            code = procs.terminate(pid, ticks, timeout)
-            if code is not None:
-                state["exit_code"] = code
-        state["stopped"] = True
-        self._save(state)
+        with self._locked(name):
+            state = self._state(name)
+            pid, ticks = state.get("pid"), state.get("start_ticks")
+            if isinstance(pid, int) and isinstance(ticks, int):
+                code = procs.terminate(pid, ticks, timeout)
+                if code is not None:
+                    state["exit_code"] = code
+            state["stopped"] = True
+            self._save(state)
 
     def remove(self, name: str, force: bool = False) -> None:
         state = self._state(name)
