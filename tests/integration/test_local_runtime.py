@@ -242,6 +242,14 @@ def test_env_ls_and_micromamba_env_used_by_name(
     assert in_use.returncode == 1 and lname in in_use.stderr
     assert cli("rm", "-f", lname, env=mm).returncode == 0
     assert cli("env", "rm", "py312", env=mm).returncode == 0
+    # An environment the user made with micromamba itself is removed only with -f.
+    made = subprocess.run(
+        [str(fake), "create", "-y", "-n", "theirs", "python=3.12"], env={**os.environ, **mm}
+    )
+    assert made.returncode == 0
+    foreign = cli("env", "rm", "theirs", env=mm)
+    assert foreign.returncode == 1 and "did not create" in foreign.stderr and "env rm -f" in foreign.stderr
+    assert cli("env", "rm", "-f", "theirs", env=mm).returncode == 0
     assert "py312" not in {e["name"] for e in json.loads(cli("env", "ls", "--json", env=mm).stdout)}
 
 

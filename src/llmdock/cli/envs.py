@@ -86,7 +86,10 @@ def ls(
 def rm(
     name: Annotated[str, typer.Argument(help="Environment name.")],
     force: Annotated[
-        bool, typer.Option("--force", "-f", help="Remove even if a deployment uses it.")
+        bool,
+        typer.Option(
+            "--force", "-f", help="Remove even if a deployment uses it, or llmdock did not create it."
+        ),
     ] = False,
     micromamba: Micromamba = None,
 ) -> None:
@@ -108,5 +111,5 @@ def rm(
             raise Conflict(
                 f"environment {name!r} is used by {', '.join(users)}", "remove those first, or use env rm -f"
             )
-    env = manager.remove(name)
+    env = manager.remove(name, force=force)
     typer.echo(f"removed {name} ({env.kind}, {env.prefix})")

@@ -237,10 +237,15 @@ class Envs:
         (prefix / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
         return Env(name, kind, prefix, meta)
 
-    def remove(self, name: str) -> Env:
+    def remove(self, name: str, force: bool = False) -> Env:
         env = self.get(name)
         if env is None:
             raise EnvMissing(name)
+        if env.kind == "micromamba" and not env.meta and not force:
+            raise InvalidSpec(
+                f"{name!r} is a micromamba environment llmdock did not create (e.g. the procedure's py312)",
+                f"remove it anyway with `llmdock env rm -f {name}`, or with `micromamba env remove -n {name}`",
+            )
         if env.kind == "venv":
             shutil.rmtree(env.prefix)
         elif env.kind == "micromamba":
