@@ -132,6 +132,8 @@ def test_keys_401_403_429_and_revoke(home: Path, tmp_path: Path, upstream: Upstr
         assert (
             c.get(gw.url + "/admin/v1/models", headers={"Authorization": f"Bearer {full}"}).status_code == 403
         )
+        assert c.get(gw.url + "/metrics").status_code == 401  # with keys, metrics need one too
+        assert c.get(gw.url + "/metrics", headers={"Authorization": f"Bearer {limited}"}).status_code == 200
         assert cli("keys", "revoke", "alice").returncode == 0
         assert wait_for(
             lambda: c.post(url, json=body, headers={"Authorization": f"Bearer {full}"}).status_code == 401

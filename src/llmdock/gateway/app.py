@@ -35,7 +35,7 @@ from llmdock.gateway.supervisor import (
     SupervisorConfig,
     static_target,
 )
-from llmdock.gateway.wire import NotFoundPath
+from llmdock.gateway.wire import GatewayError, NotFoundPath
 from llmdock.settings import Settings
 from llmdock.state import Store
 
@@ -194,6 +194,11 @@ class Gateway:
         if path.startswith("/v1/"):
             return await self.proxy.handle(request)
         if path == "/metrics":
+            if not self.auth.open or self.auth.require_key:  # it names keys and models: keys see it
+                try:
+                    self.auth.check(request.headers.get("Authorization"))
+                except GatewayError as e:
+                    return error_response(e)
             return web.Response(
                 body=self.metrics.render().encode(), content_type="text/plain", charset="utf-8"
             )
