@@ -49,6 +49,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def model(tmp_path: Path) -> str:
+    """A minimal weights directory (just a config.json) for lifecycle tests that never start an engine."""
+    d = tmp_path / "tiny"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    return str(d)
+
+
+@pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh LLMDOCK_HOME for each test, so state never leaks between tests."""
     h = tmp_path / "llmdock-home"

@@ -9,17 +9,7 @@ from llmdock.engines.base import parse_version
 from llmdock.engines.vllm import limit_mm_arg
 from llmdock.errors import InvalidSpec
 from llmdock.spec import DeploymentSpec
-
-PROCEDURE = dict(
-    engine="vllm",
-    port="8001",
-    dtype="bfloat16",
-    limit_mm_per_prompt="image=5,video=5",
-    tensor_parallel_size=8,
-    gpu_memory_utilization=0.9,
-    max_model_len=73480,
-    gpus="all",
-)
+from tests.support.procedure import procedure_spec
 
 
 def launch(spec: DeploymentSpec, version: str | None = None, tp: int | None = None) -> Launch:
@@ -38,7 +28,7 @@ def launch(spec: DeploymentSpec, version: str | None = None, tp: int | None = No
 
 def test_vllm_renders_the_procedure_command_exactly() -> None:
     """The wiki's `nohup vllm serve ...` line, with the image's old vLLM (key=value syntax)."""
-    spec = DeploymentSpec.create("/home/online/models/Qwen2.5-VL-72B-Instruct", **PROCEDURE)  # type: ignore[arg-type]
+    spec = procedure_spec()
     argv = get_engine("vllm").argv(launch(spec, "0.7.2", tp=8))
     # The wiki's flags in its order; llmdock adds only `--host 127.0.0.1` (loopback unless --expose).
     wiki = [

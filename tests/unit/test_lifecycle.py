@@ -17,14 +17,6 @@ IMAGE = settings.KEYS["image.transformers"].default
 
 
 @pytest.fixture
-def model(tmp_path: Path) -> str:
-    d = tmp_path / "tiny"
-    d.mkdir()
-    (d / "config.json").write_text("{}")
-    return str(d)
-
-
-@pytest.fixture
 def lc(tmp_path: Path) -> Lifecycle:
     rt = MemoryRuntime(images={IMAGE: "sha256:abc"})
     rt.versions[IMAGE] = "5.24.0"

@@ -9,26 +9,9 @@ from llmdock.planning.container import docker_run_argv
 from llmdock.planning.inventory import Gpu, Inventory
 from llmdock.planning.plan import make_plan
 from llmdock.spec import DeploymentSpec
+from tests.support.procedure import IMAGE, MODEL, procedure_spec
 
-MODEL = "/home/online/models/Qwen2.5-VL-72B-Instruct"
-IMAGE = "qwenllm/qwenvl:2.5-cu121"
 GPU8 = Inventory(gpus=tuple(Gpu(i) for i in range(8)), gpu_runtime=True)
-
-
-def procedure_spec(**over: object) -> DeploymentSpec:
-    kwargs: dict[str, object] = dict(
-        name="qwen2.5-vl-72b",
-        engine="vllm",
-        port="8001",
-        dtype="bfloat16",
-        limit_mm_per_prompt="image=5,video=5",
-        tensor_parallel_size=8,
-        gpu_memory_utilization=0.9,
-        max_model_len=73480,
-        gpus="all",
-    )
-    kwargs.update(over)
-    return DeploymentSpec.create(MODEL, **kwargs)  # type: ignore[arg-type]
 
 
 def plan(spec: DeploymentSpec, inv: Inventory = GPU8, **kw: object):  # type: ignore[no-untyped-def]

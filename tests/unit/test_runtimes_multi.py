@@ -17,14 +17,6 @@ from tests.support.memruntime import MemoryRuntime
 IMAGE = settings.KEYS["image.transformers"].default
 
 
-@pytest.fixture
-def model(tmp_path: Path) -> str:
-    d = tmp_path / "tiny"
-    d.mkdir()
-    (d / "config.json").write_text("{}")
-    return str(d)
-
-
 def make(tmp_path: Path, docker: Runtime | None) -> tuple[Lifecycle, MemoryRuntime, list[str]]:
     local = MemoryRuntime(images={"transformers": "env:/e", "py312": "env:/p"}, gpu_runtime=True)
     connects: list[str] = []

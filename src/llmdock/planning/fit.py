@@ -11,8 +11,8 @@
 - **Context**: the requested ``max_model_len`` must leave KV room for one full-length sequence; without
   one, the largest length up to the model's limit that fits.
 - **Placement**: ``binpack`` (default) takes the GPUs with the least free memory that still fit, so
-  whole GPUs stay free for large models; ``spread`` takes the emptiest. :func:`place` fits several
-  deployments in turn, each seeing the memory the previous ones will take.
+  whole GPUs stay free for large models; ``spread`` takes the emptiest. Other deployments are seen
+  through the inventory: the GPUs they hold and the free memory NVML reports.
 
 When nothing fits it raises :class:`~llmdock.errors.DoesNotFit` with the nearest requests that do:
 a smaller ``--max-model-len``, more GPUs, an fp8 KV cache, a lower utilization.
@@ -372,41 +372,3 @@ def _validate(
             f"--max-model-len {max_len} is outside what the model supports (1..{facts.max_model_len})",
             f"use at most --max-model-len {facts.max_model_len}",
         )
-
-
-@dataclass(frozen=True)
-class FitRequest:
-    """One deployment for :func:`place`; fields as :func:`fit`'s keyword arguments."""
-
-    facts: ModelFacts
-    tp: int | None = None
-    max_model_len: int | None = None
-    gpu_memory_utilization: float | None = None
-    kv_cache_dtype: str | None = None
-    dtype: str | None = None
-    requested_gpus: tuple[int, ...] | None = None
-
-
-def place(requests: Sequence[FitRequest], gpus: Sequence[Gpu], *, policy: str = "binpack") -> tuple[Fit, ...]:
-    """Fit several deployments in order; each takes ``utilization × total`` (+ its CUDA context) from the
-    free memory of its GPUs, which the following ones then see. Raises on the first that does not fit."""
-    free = {g.index: g for g in gpus}
-    fits = []
-    for r in requests:
-        f = fit(
-            r.facts,
-            list(free.values()),
-            tp=r.tp,
-            max_model_len=r.max_model_len,
-            gpu_memory_utilization=r.gpu_memory_utilization,
-            kv_cache_dtype=r.kv_cache_dtype,
-            dtype=r.dtype,
-            requested_gpus=r.requested_gpus,
-            placement=policy,
-        )
-        for i in f.gpus:
-            g = free[i]
-            taken = int(f.gpu_memory_utilization * g.total_bytes) + CUDA_CONTEXT_BYTES
-            free[i] = replace(g, free_bytes=max(0, g.free_bytes - taken))
-        fits.append(f)
-    return tuple(fits)

@@ -41,11 +41,6 @@ class Deployment:
     def running(self) -> bool:
         return self.state == "running"
 
-    @property
-    def dead(self) -> bool:
-        """Exited, or crashed and being restarted by the policy: either way not going to become ready."""
-        return self.state in ("exited", "dead", "restarting") or self.restart_count > 0
-
     @classmethod
     def from_labels(cls, labels: dict[str, str], **fields: Any) -> Deployment:
         def label(key: str) -> str:
