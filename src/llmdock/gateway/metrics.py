@@ -50,6 +50,7 @@ class Metrics:
         self.latency: dict[tuple[str, str], Histogram] = {}
         self.ttft: dict[tuple[str, str], Histogram] = {}
         self.restarts: defaultdict[tuple[str], int] = defaultdict(int)
+        self.retries: defaultdict[tuple[str], int] = defaultdict(int)  # model
         self.replicas: Callable[[], Iterable[tuple[str, str, bool, int]]] = lambda: ()
 
     def done(
@@ -126,6 +127,12 @@ class Metrics:
         histogram("llmdock_request_duration_seconds", "Time from request to last byte.", self.latency)
         histogram(
             "llmdock_time_to_first_token_seconds", "Time from request to first stream chunk.", self.ttft
+        )
+        counter(
+            "llmdock_upstream_retries_total",
+            "Requests sent to another replica because a replica refused the connection.",
+            ("model",),
+            dict(self.retries),
         )
         counter(
             "llmdock_restarts_total", "Restarts of crashed deployments.", ("deployment",), dict(self.restarts)

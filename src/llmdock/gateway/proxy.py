@@ -277,6 +277,7 @@ class Proxy:
                 replica.outstanding -= 1
                 replica.healthy = False  # the health loop brings it back
                 tried.add(id(replica))
+                self.metrics.retries[(route.served_name,)] += 1
                 continue
             except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
                 replica.outstanding -= 1
