@@ -1,5 +1,5 @@
-"""Baseline: the barest aiohttp pass-through (no keys, routing, metrics, usage), same server and client
-settings as llmdock's gateway. ``python bare_aiohttp.py LISTEN_PORT UPSTREAM_PORT``."""
+"""Baseline: the barest aiohttp pass-through (no keys, routing, metrics, usage), with the aiohttp server and
+client settings llmdock's gateway used before it had its own. ``python bare_aiohttp.py LISTEN UPSTREAM``."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ cancellation, mid-stream death, balancing and retry, keys, usage, metrics."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,19 +191,42 @@ def test_least_outstanding_and_retry_when_a_replica_refuses(home: Path, tmp_path
                         == 200
                     )
                 assert len(idle.bodies) == before + 4  # all went to the replica with nothing outstanding
-        # b stops listening; until the health loop notices, requests that reach it are retried on a
-    with UpstreamThread() as a:
-        b_up = UpstreamThread()
-        b = b_up.__enter__()
+    # b stops listening. With a 60 s health interval only the probe at start runs, so the health loop
+    # cannot take b out: a request that picks b must be retried on a by the proxy itself.
+    b_thread = UpstreamThread()
+    with UpstreamThread() as a, b_thread as b:
         args = ["--no-docker", "--route", f"mock={a.url}", "--route", f"mock={b.url}"]
-        with serve(tmp_path, *args) as gw, httpx.Client(timeout=30) as client:
+        with serve(tmp_path, *args, "--health-interval", "60") as gw, httpx.Client(timeout=30) as client:
             assert wait_for(lambda: healthy(client, gw) == 2)
-            b_up.__exit__(None, None, None)
+            b_thread.close()
             codes = [
                 client.post(gw.url + "/v1/chat/completions", json={"model": "mock"}).status_code
                 for _ in range(6)
             ]
             assert codes == [200] * 6
+            assert len(a.bodies) == 6
+            # ties rotate, so one of the first two picks b, is refused, goes to a, and b is then out
+            series = metrics(client.get(gw.url + "/metrics").text)
+            assert series[("llmdock_upstream_retries_total", (("model", "mock"),))] == 1
+            assert healthy(client, gw) == 1
+
+
+def metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text -> ``{(name, ((label, value), …)): value}``; labels sorted, comments skipped.
+
+    Example: ``metrics('a_total{model="m"} 2')`` is ``{("a_total", (("model", "m"),)): 2.0}``.
+    """
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)", line)
+        assert m, f"not a Prometheus sample: {line!r}"
+        labels = re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or "")
+        key = (m.group(1), tuple(sorted(labels)))
+        assert key not in out, f"sample given twice: {line!r}"
+        out[key] = float(m.group(3))
+    return out
 
 
 def test_metrics_and_admin_schema(gw: Served) -> None:

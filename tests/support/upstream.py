@@ -5,10 +5,17 @@ stream of ``chunks`` events, each written as its own HTTP chunk. A request steer
 body field the gateway passes through untouched::
 
     {"model": "mock", "stream": true, "mock": {"delay": 0.01, "die_after": 10, "hang": true,
-                                              "first_delay": 2, "status": 500}}
+                                              "first_delay": 2, "status": 500, "hold": true}}
 
 ``delay``: seconds between chunks; ``die_after``: abort the connection after N chunks; ``hang``: never
-answer; ``first_delay``: wait before the headers; ``status``: answer with that error status.
+answer; ``first_delay``: wait before the headers; ``status``: answer with that error status; ``hold``: a
+stream sends its first chunk, then waits until :meth:`Upstream.release` and sends the rest at once (no
+``delay``), so a test decides how long streams stay open instead of guessing from their pace::
+
+    with UpstreamThread() as up:
+        ...                                   # start streams with {"mock": {"hold": true}}
+        # poll until up.held_streams == N: all of them are open and have sent their first chunk
+        up.release()                          # from any thread; streams held later wait for the next one
 
 Use :class:`UpstreamThread` in tests (``with UpstreamThread() as up: up.url``), or run it as a program for
 benchmarks: ``python -m tests.support.upstream --port 9001``.
@@ -36,13 +43,16 @@ class Upstream:
         self.bodies: list[dict[str, Any]] = []
         self.keep_bodies = True
         self.active_streams = 0
+        self.held_streams = 0  # streams waiting (after their first chunk) for release()
         self.lost_streams = 0  # streams whose client went away before the end
         self.server: asyncio.base_events.Server | None = None
         self.conns: set[_Conn] = set()
         self.port = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._release = asyncio.Event()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             lambda: _Conn(self), host, port, backlog=4096, reuse_address=True
         )
@@ -59,6 +69,15 @@ class Upstream:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def release(self) -> None:
+        """Let every held stream go on. Safe from any thread: it is done on the upstream's own loop."""
+        assert self.loop is not None, "start() first"
+        self.loop.call_soon_threadsafe(self._release_now)
+
+    def _release_now(self) -> None:
+        self._release.set()
+        self._release = asyncio.Event()  # streams held from now on wait for the next release()
 
 
 class _Conn(asyncio.Protocol):
@@ -155,7 +174,10 @@ class _Conn(asyncio.Protocol):
                 if usage:
                     event["usage"] = None
                 t.write(_chunk(b"data: " + json.dumps(event).encode() + b"\n\n"))
-                if delay:
+                if i == 0 and mock.get("hold"):
+                    await self.hold()
+                    delay = 0.0
+                elif delay:
                     await asyncio.sleep(delay)
                 elif i % 16 == 15:
                     await asyncio.sleep(0)
@@ -175,6 +197,14 @@ class _Conn(asyncio.Protocol):
             up.active_streams -= 1
             if not done and self.closed:
                 up.lost_streams += 1
+
+    async def hold(self) -> None:
+        up = self.up
+        up.held_streams += 1
+        try:
+            await up._release.wait()
+        finally:
+            up.held_streams -= 1
 
 
 def _completion(model: str, n: int) -> bytes:
@@ -206,6 +236,15 @@ class UpstreamThread:
         return self.up
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop listening, drop every connection and end the thread; again is a no-op.
+
+        Call it inside the ``with`` block to take a replica away while the test goes on.
+        """
+        if self.loop.is_closed():
+            return
         asyncio.run_coroutine_threadsafe(self.up.stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)

@@ -46,6 +46,10 @@ def serve(
         float, typer.Option(help="Seconds a request waits for an on-demand deployment to start.")
     ] = 600.0,
     queue_max: Annotated[int, typer.Option(help="Requests held per deployment while it starts.")] = 256,
+    health_interval: Annotated[
+        float,
+        typer.Option(help="How often, in seconds, deployments are listed and replicas probed."),
+    ] = 1.0,
 ) -> None:
     """Serve every deployment behind one OpenAI-compatible endpoint, with keys, usage and metrics.
 
@@ -55,17 +59,27 @@ def serve(
     from llmdock.errors import InvalidSpec
     from llmdock.gateway.app import ServeOptions, run
     from llmdock.gateway.proxy import ProxyConfig
+    from llmdock.gateway.routing import parse_base
     from llmdock.gateway.supervisor import SupervisorConfig
     from llmdock.state import Store
 
     routes = []
     for item in route or []:
         model, sep, url = item.partition("=")
-        if not sep or not url.startswith(("http://", "https://")):
+        try:
+            parse_base(url)
+        except ValueError:
+            sep = ""
+        if not sep or not model:
             raise InvalidSpec(
                 f"--route {item!r} is not MODEL=URL", "write it like --route qwen=http://10.0.0.5:8001"
             )
         routes.append((model, url))
+    if not health_interval > 0:  # also refuses nan
+        raise InvalidSpec(
+            f"--health-interval {health_interval:g} is not a positive number of seconds",
+            "write it like --health-interval 1 (or 0.5 for faster failover)",
+        )
     s = settings.load()
     options = ServeOptions(
         host=host,
@@ -74,7 +88,9 @@ def serve(
         docker=docker,
         routes=tuple(routes),
         proxy=ProxyConfig(body_limit=int(body_limit_mb * 1024 * 1024), upstream_timeout=upstream_timeout),
-        supervisor=SupervisorConfig(hold_timeout_s=hold_timeout, queue_max=queue_max),
+        supervisor=SupervisorConfig(
+            interval_s=health_interval, hold_timeout_s=hold_timeout, queue_max=queue_max
+        ),
     )
     run(s, options, Store(s.db_path))
 

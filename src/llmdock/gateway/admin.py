@@ -21,19 +21,19 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from aiohttp import web
-
 from llmdock.errors import Conflict, InvalidSpec, LlmdockError, NotFound
+from llmdock.gateway.http import Request, Response, Stream
 from llmdock.gateway.keys import Authenticator
 from llmdock.gateway.keystore import KeyStore
-from llmdock.gateway.proxy import json_response, read_body
+from llmdock.gateway.proxy import error_response, json_response
 from llmdock.gateway.routing import RouteTable
-from llmdock.gateway.wire import BadRequest, GatewayError, NotFoundPath, envelope
+from llmdock.gateway.wire import BadRequest, BodyTooLarge, GatewayError, NotFoundPath, envelope
 
 Act = Callable[[Callable[[Any], Any]], Awaitable[Any]]
+BODY_LIMIT = 1024 * 1024
 
 
-def llmdock_error(e: LlmdockError) -> web.Response:
+def llmdock_error(e: LlmdockError) -> Response:
     status = (
         404
         if isinstance(e, NotFound)
@@ -44,10 +44,9 @@ def llmdock_error(e: LlmdockError) -> web.Response:
         else 500
     )
     message = f"{e.message} ({e.hint})" if e.hint else e.message
-    return web.Response(
-        status=status,
-        body=envelope(message, "invalid_request_error" if status < 500 else "server_error", type(e).__name__),
-        content_type="application/json",
+    return Response(
+        status,
+        envelope(message, "invalid_request_error" if status < 500 else "server_error", type(e).__name__),
     )
 
 
@@ -60,22 +59,21 @@ class Admin:
         self.table = table
         self.act = act
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Response | Stream:
         try:
             if request.path == "/openapi.json":
                 return json_response(OPENAPI)
-            self.auth.admin(request.headers.get("Authorization"))
+            self.auth.admin(request.headers.get("authorization"))
             parts = [p for p in request.path.split("/") if p][2:]  # after admin/v1
             return await self.route(request, request.method, parts)
         except (ValueError, TypeError) as e:  # a query or body field of the wrong kind
-            bad = BadRequest(f"bad request: {e}")
-            return web.Response(status=bad.status, body=bad.body(), content_type="application/json")
+            return error_response(BadRequest(f"bad request: {e}"))
         except GatewayError as e:
-            return web.Response(status=e.status, body=e.body(), content_type="application/json")
+            return error_response(e)
         except LlmdockError as e:
             return llmdock_error(e)
 
-    async def route(self, request: web.BaseRequest, method: str, parts: list[str]) -> web.StreamResponse:
+    async def route(self, request: Request, method: str, parts: list[str]) -> Response | Stream:
         q = request.query
         if parts == ["models"] and method == "GET":
             return json_response(
@@ -110,18 +108,20 @@ class Admin:
             return await self.logs(request, name)
         raise NotFoundPath(f"no admin endpoint {method} {request.path}; see /openapi.json")
 
-    async def json(self, request: web.BaseRequest) -> dict[str, Any]:
+    async def json(self, request: Request) -> dict[str, Any]:
         import json
 
+        if len(request.body) > BODY_LIMIT:
+            raise BodyTooLarge(f"an admin request body is at most {BODY_LIMIT} bytes")
         try:
-            body = json.loads(await read_body(request, 1024 * 1024))
+            body = json.loads(request.body)
         except ValueError:
             raise BadRequest("the request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         return body
 
-    async def keys(self, request: web.BaseRequest, method: str, rest: list[str]) -> web.Response:
+    async def keys(self, request: Request, method: str, rest: list[str]) -> Response:
         assert self.keystore is not None
         if not rest and method == "GET":
             return json_response([vars(k) for k in self.keystore.list_keys()])
@@ -141,15 +141,15 @@ class Admin:
             return json_response({"revoked": rest[0]})
         raise NotFoundPath(f"no admin endpoint {method} {request.path}; see /openapi.json")
 
-    async def logs(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
+    async def logs(self, request: Request, name: str) -> Stream:
         assert self.act is not None
-        tail = request.query.get("tail")
-        follow = request.query.get("follow", "") in ("1", "true", "yes")
+        q = request.query
+        tail = q.get("tail")
+        follow = q.get("follow", "") in ("1", "true", "yes")
         lines = await self.act(
             lambda c: c.lc.runtime.logs(name, tail=int(tail) if tail else None, follow=follow)
         )
-        out = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
-        await out.prepare(request)
+        out = request.stream(200, "text/plain; charset=utf-8")
         loop = asyncio.get_running_loop()
         # Its own thread, not the shared pool: a follower of a quiet engine blocks in next() until the
         # next line. When the client leaves, the stream is closed right after that pending read.
@@ -157,7 +157,6 @@ class Admin:
         try:
             while (line := await loop.run_in_executor(reader, next, lines, None)) is not None:
                 await out.write(line.encode() + b"\n")
-            await out.write_eof()
         finally:
             reader.submit(getattr(lines, "close", lambda: None))
             reader.shutdown(wait=False)

@@ -1,8 +1,9 @@
 """Wires the gateway together and runs it: ``Gateway(settings, options).run()``.
 
-One aiohttp low-level server (no router, no middlewares: the dispatch below is three string checks) with
-``handler_cancellation`` so a client that disconnects cancels its handler, and one pooled aiohttp client
-session for every upstream. Background tasks: the supervisor's tick, the usage flush and the key reload.
+Our own HTTP/1.1 server (http.py: no router, no middlewares; the dispatch below is three string checks;
+a client that disconnects cancels its handler) and one pool of keep-alive connections to every engine
+(upstream.py). Health probes use an aiohttp client session, off the hot path. Background tasks: the
+supervisor's tick, the usage flush and the key reload.
 """
 
 from __future__ import annotations
@@ -11,17 +12,16 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import socket
 import sqlite3
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from llmdock.errors import LlmdockError
 from llmdock.gateway.admin import Admin
+from llmdock.gateway.http import Request, Response, Server, Stream
 from llmdock.gateway.keys import Authenticator
 from llmdock.gateway.keystore import KeyStore
 from llmdock.gateway.metrics import Metrics
@@ -35,6 +35,7 @@ from llmdock.gateway.supervisor import (
     SupervisorConfig,
     static_target,
 )
+from llmdock.gateway.upstream import Pool
 from llmdock.gateway.wire import GatewayError, NotFoundPath
 from llmdock.settings import Settings
 from llmdock.state import Store
@@ -145,7 +146,8 @@ class Gateway:
         self.metrics = Metrics()
         self.usage = UsageBuffer()
         self.session: aiohttp.ClientSession | None = None
-        self.server: asyncio.base_events.Server | None = None
+        self.pool: Pool | None = None
+        self.server: Server | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.port = options.port
 
@@ -177,36 +179,36 @@ class Gateway:
         self.supervisor = Supervisor(
             self.table, self.metrics, sources, self.session, controller, opts.supervisor
         )
+        self.pool = Pool(opts.proxy.connect_timeout, opts.proxy.upstream_timeout)
         self.proxy = Proxy(
-            self.table, self.auth, self.metrics, self.usage, self.session, opts.proxy, self.supervisor.hold
+            self.table, self.auth, self.metrics, self.usage, self.pool, opts.proxy, self.supervisor.hold
         )
         self.admin = Admin(self.auth, self.keystore, self.table, self.supervisor.act if opts.docker else None)
         await self.supervisor.start()
-        server = web.Server(self.dispatch, handler_cancellation=True, access_log=None)
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(server, opts.host, opts.port, backlog=4096, reuse_address=True)
-        sock: socket.socket = self.server.sockets[0]
-        self.port = sock.getsockname()[1]
+        self.server = Server(self.dispatch, opts.proxy.body_limit, refused=self.refused)
+        self.port = await self.server.start(opts.host, opts.port)
         self.tasks = [asyncio.create_task(self.housekeeping())]
 
-    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def dispatch(self, request: Request) -> Response | Stream:
         path = request.path
         if path.startswith("/v1/"):
             return await self.proxy.handle(request)
         if path == "/metrics":
             if not self.auth.open or self.auth.require_key:  # it names keys and models: keys see it
                 try:
-                    self.auth.check(request.headers.get("Authorization"))
+                    self.auth.check(request.headers.get("authorization"))
                 except GatewayError as e:
                     return error_response(e)
-            return web.Response(
-                body=self.metrics.render().encode(), content_type="text/plain", charset="utf-8"
-            )
+            return Response(200, self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/health":
             return json_response({"status": "ok", "models": len(self.table.routes)})
         if path.startswith("/admin/") or path == "/openapi.json":
             return await self.admin.handle(request)
         return error_response(NotFoundPath(f"no endpoint {path}; the API is under /v1/"))
+
+    def refused(self, e: GatewayError) -> None:
+        """The server answered ``e`` before a handler saw the request (body or headers over the limit)."""
+        self.metrics.error("-", "-", e.code, e.status)
 
     async def housekeeping(self) -> None:
         ticks = 0
@@ -232,14 +234,15 @@ class Gateway:
 
     async def close(self) -> None:
         if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+            await self.server.close()
         for task in self.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.supervisor.close()
         self.flush()
+        if self.pool is not None:
+            self.pool.close()
         if self.session is not None:
             await self.session.close()
 

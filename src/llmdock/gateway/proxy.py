@@ -3,9 +3,9 @@
 Hot-path rules: one JSON parse of the request body (none of the response), one dict lookup to route,
 upstream connections pooled and kept alive, every upstream HTTP chunk written to the client as its own
 chunk the moment it is complete (never merged, never held back). A client that goes away cancels this
-handler (the server runs with ``handler_cancellation``) and closing the upstream response aborts the
-engine's request. A replica is retried only when the connection could not be made at all: once a
-request has reached an engine, repeating it could run it twice.
+handler (see http.py), and closing the engine's reply before its end aborts the engine's request. A
+replica is retried only when the connection could not be made at all: once a request has reached an
+engine, repeating it could run it twice.
 """
 
 from __future__ import annotations
@@ -18,17 +18,15 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-
+from llmdock.gateway.http import Request, Response, Stream
 from llmdock.gateway.keys import Authenticator, KeyRecord
 from llmdock.gateway.keystore import Usage
 from llmdock.gateway.metrics import Metrics
 from llmdock.gateway.routing import Replica, Route, RouteTable, pick
 from llmdock.gateway.sse import UsageMeter, has_usage_event, strip_usage_event, wants_usage
+from llmdock.gateway.upstream import Broken, Pool, Reply, Silent, Unreachable, UpstreamError
 from llmdock.gateway.wire import (
     BadRequest,
-    BodyTooLarge,
     GatewayError,
     ModelNotFound,
     NoReplica,
@@ -37,7 +35,8 @@ from llmdock.gateway.wire import (
     sse_error,
 )
 
-UPSTREAM_HEADERS = {"Content-Type": "application/json"}
+UPSTREAM_HEADERS = b"Content-Type: application/json\r\n"
+SSE_HEADERS = b"Cache-Control: no-cache\r\n"
 JSON = "application/json"
 STREAM_USAGE_PATHS = ("/v1/chat/completions", "/v1/completions")
 CLIENT_GONE = 499  # nginx's code for a client that closed the connection before the answer ended
@@ -83,8 +82,12 @@ class UsageBuffer:
 Hold = Callable[[Route], Awaitable[Replica]]
 
 
-def error_response(e: GatewayError) -> web.Response:
-    return web.Response(status=e.status, body=e.body(), content_type=JSON)
+def error_response(e: GatewayError) -> Response:
+    return Response(e.status, e.body())
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(status, json.dumps(data).encode())
 
 
 class Proxy:
@@ -94,7 +97,7 @@ class Proxy:
         auth: Authenticator,
         metrics: Metrics,
         usage: UsageBuffer,
-        session: aiohttp.ClientSession,
+        pool: Pool,
         config: ProxyConfig,
         hold: Hold | None = None,
     ) -> None:
@@ -102,24 +105,21 @@ class Proxy:
         self.auth = auth
         self.metrics = metrics
         self.usage = usage
-        self.session = session
+        self.pool = pool
         self.config = config
         self.hold = hold
-        self.timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=config.connect_timeout, sock_read=config.upstream_timeout
-        )
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Response | Stream:
         t0 = perf_counter()
         model, key = "-", "-"
         try:
-            record = self.auth.check(request.headers.get("Authorization"))
+            record = self.auth.check(request.headers.get("authorization"))
             key = record.name
-            if request.method == "GET" and request.path in ("/v1/models", "/v1/models/"):
+            path = request.path
+            if request.method == "GET" and path in ("/v1/models", "/v1/models/"):
                 return self.models(record)
-            body = await read_body(request, self.config.body_limit)
             try:
-                payload = json.loads(body)
+                payload = json.loads(request.body)
             except ValueError:
                 raise BadRequest("the request body is not valid JSON") from None
             if not isinstance(payload, dict) or not isinstance(payload.get("model"), str):
@@ -133,11 +133,12 @@ class Proxy:
             model = route.served_name
             self.auth.authorize(record, payload["model"], (route.served_name, route.name, *route.aliases))
             stream = payload.get("stream") is True
+            body = request.body
             injected = rewrite = False
             if payload["model"] != route.served_name:  # an alias: the engine knows only its served name
                 payload["model"] = route.served_name
                 rewrite = True
-            if stream and not wants_usage(payload) and request.path in STREAM_USAGE_PATHS:
+            if stream and not wants_usage(payload) and path in STREAM_USAGE_PATHS:
                 opts = payload.get("stream_options")
                 payload["stream_options"] = {
                     **(opts if isinstance(opts, dict) else {}),
@@ -153,7 +154,7 @@ class Proxy:
                 self.usage.add(key, model, True, 0, 0)
             return error_response(e)
 
-    def models(self, record: KeyRecord) -> web.Response:
+    def models(self, record: KeyRecord) -> Response:
         data = [
             {
                 "id": r.served_name,
@@ -171,17 +172,17 @@ class Proxy:
             for r in self.table.servable()
             if record.allows((r.served_name, r.name, *r.aliases))
         ]
-        return web.Response(body=json.dumps({"object": "list", "data": data}).encode(), content_type=JSON)
+        return json_response({"object": "list", "data": data})
 
     async def forward(
         self,
-        request: web.BaseRequest,
+        request: Request,
         route: Route,
         body: bytes,
         record: KeyRecord,
         injected: bool,
         t0: float,
-    ) -> web.StreamResponse:
+    ) -> Response | Stream:
         route.last_used = time.monotonic()
         route.outstanding += 1
         in_flight = self.metrics.in_flight
@@ -190,21 +191,17 @@ class Proxy:
         ttft: float | None = None
         status = 0  # stays 0 when a GatewayError is raised: handle() accounts for those
         try:
-            upstream, replica = await self.connect(request, route, body)
+            reply, replica = await self.connect(request, route, body)
             try:
-                status = upstream.status
-                ctype = upstream.headers.get("Content-Type", JSON)
+                status = reply.status
+                ctype = reply.headers.get("content-type", JSON)
                 if not ctype.startswith("text/event-stream"):
-                    data = await upstream.read()
+                    data = await reply.read()
                     meter.feed(data)
-                    return web.Response(status=status, body=data, headers={"Content-Type": ctype})
-                out = web.StreamResponse(
-                    status=status, headers={"Content-Type": ctype, "Cache-Control": "no-cache"}
-                )
-                await out.prepare(request)
+                    return Response(status, data, ctype)
+                out = request.stream(status, ctype, SSE_HEADERS)
                 try:
-                    ttft, broken = await self.pump(upstream, out, meter, injected, t0)
-                    await out.write_eof()
+                    ttft, broken = await self.pump(reply, out, meter, injected, t0)
                 except ConnectionResetError:
                     status = CLIENT_GONE
                     return out
@@ -215,17 +212,11 @@ class Proxy:
                     status = 502
                     self.metrics.errors[(route.served_name, record.name, broken)] += 1
                 return out
-            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            except UpstreamError as e:
                 status = 0
-                raise UpstreamTimeout(
-                    f"the replica of {route.served_name!r} did not answer within "
-                    f"{self.config.upstream_timeout:g}s"
-                ) from None
-            except aiohttp.ClientError as e:
-                status = 0
-                raise UpstreamFailed(f"the replica of {route.served_name!r} failed: {e}") from None
+                raise self.failure(route, e) from None
             finally:
-                upstream.close()  # a response read to the end has released its connection already
+                reply.close()  # back to the pool when read to its end; aborted (the engine stops) if not
                 replica.outstanding -= 1
         finally:
             route.outstanding -= 1
@@ -233,6 +224,13 @@ class Proxy:
             in_flight[(route.served_name,)] -= 1
             if status:
                 self.record(route, record, status, t0, ttft, meter)
+
+    def failure(self, route: Route, e: UpstreamError) -> GatewayError:
+        if isinstance(e, Silent):
+            return UpstreamTimeout(
+                f"the replica of {route.served_name!r} did not answer within {self.config.upstream_timeout:g}s"
+            )
+        return UpstreamFailed(f"the replica of {route.served_name!r} failed: {e}")
 
     def record(
         self, route: Route, record: KeyRecord, status: int, t0: float, ttft: float | None, meter: UsageMeter
@@ -250,9 +248,7 @@ class Proxy:
             record.name, route.served_name, status >= 400, meter.prompt_tokens, meter.completion_tokens
         )
 
-    async def connect(
-        self, request: web.BaseRequest, route: Route, body: bytes
-    ) -> tuple[aiohttp.ClientResponse, Replica]:
+    async def connect(self, request: Request, route: Route, body: bytes) -> tuple[Reply, Replica]:
         """Send to the least busy usable replica; on a refused connection try the next one."""
         tried: set[int] = set()
         while True:
@@ -265,64 +261,35 @@ class Proxy:
                     )
                 replica = await self.hold(route)
             replica.outstanding += 1
+            host, port, tls, prefix = replica.origin
             try:
-                upstream = await self.session.request(
-                    request.method,
-                    replica.url + request.raw_path,
-                    data=body,
-                    headers=UPSTREAM_HEADERS,
-                    timeout=self.timeout,
+                reply = await self.pool.request(
+                    host, port, request.method, prefix + request.target, body, UPSTREAM_HEADERS, tls
                 )
-            except aiohttp.ClientConnectorError:
+            except Unreachable:
                 replica.outstanding -= 1
                 replica.healthy = False  # the health loop brings it back
                 tried.add(id(replica))
                 self.metrics.retries[(route.served_name,)] += 1
                 continue
-            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            except UpstreamError as e:
                 replica.outstanding -= 1
-                raise UpstreamTimeout(
-                    f"the replica of {route.served_name!r} did not answer within "
-                    f"{self.config.upstream_timeout:g}s"
-                ) from None
-            except aiohttp.ClientError as e:
+                raise self.failure(route, e) from None
+            except BaseException:
                 replica.outstanding -= 1
-                raise UpstreamFailed(f"the replica of {route.served_name!r} failed: {e}") from None
-            return upstream, replica
+                raise
+            return reply, replica
 
     async def pump(
-        self,
-        upstream: aiohttp.ClientResponse,
-        out: web.StreamResponse,
-        meter: UsageMeter,
-        injected: bool,
-        t0: float,
+        self, reply: Reply, out: Stream, meter: UsageMeter, injected: bool, t0: float
     ) -> tuple[float | None, str | None]:
-        """Copy upstream HTTP chunks to the client one for one; end with an error event on failure.
+        """Copy the engine's HTTP chunks to the client one for one; end with an error event on failure.
 
         Returns the time to the first chunk and, when the stream broke off, the error code sent.
         """
         ttft: float | None = None
-        content = upstream.content
-        chunked = "chunked" in upstream.headers.get("Transfer-Encoding", "").lower()
-        partial = b""
         try:
-            while True:
-                if chunked:
-                    data, end = await content.readchunk()
-                    if not end:
-                        if not data:
-                            break  # EOF
-                        partial += data
-                        continue
-                    if partial:
-                        data, partial = partial + data, b""
-                else:
-                    data = await content.readany()
-                    if not data:
-                        break
-                if not data:
-                    continue
+            while (data := await reply.next_chunk()) is not None:
                 if ttft is None:
                     ttft = perf_counter() - t0
                 meter.feed(data)
@@ -331,35 +298,10 @@ class Proxy:
                     if not data:
                         continue
                 await out.write(data)
-            if partial:
-                await out.write(partial)
-        except ConnectionResetError:
-            raise  # the client went away: nothing to tell it
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        except Silent:
             await out.write(sse_error("the model stopped sending in time", "upstream_timeout"))
             return ttft, "upstream_timeout"
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
+        except Broken as e:
             await out.write(sse_error(f"the model's stream broke off: {e}"))
             return ttft, "upstream_error"
         return ttft, None
-
-
-async def read_body(request: web.BaseRequest, limit: int) -> bytes:
-    """The whole body, or 413 as soon as it is known to exceed ``limit`` (before reading it when declared)."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise BodyTooLarge(f"the request body is {declared} bytes; the limit is {limit}")
-    if declared is not None:
-        return await request.content.readexactly(declared) if declared else b""
-    parts: list[bytes] = []
-    size = 0
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"the request body exceeds the limit of {limit} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(data).encode(), content_type=JSON)

@@ -15,9 +15,11 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,26 @@ class Replica:
         return self.target.base_url
 
     @property
+    def origin(self) -> Origin:
+        return parse_base(self.target.base_url)
+
+    @property
     def usable(self) -> bool:
         return self.target.running and self.healthy
+
+
+Origin = tuple[str, int, bool, str]  # host, port, TLS, path prefix
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_base(url: str) -> Origin:
+    """``http://127.0.0.1:8001`` -> ``("127.0.0.1", 8001, False, "")``; a path becomes the prefix of every
+    request path. ValueError for what is not an http(s) URL with a host."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
+    tls = parts.scheme == "https"
+    return parts.hostname, parts.port or (443 if tls else 80), tls, parts.path.rstrip("/")
 
 
 @dataclass(eq=False)

@@ -6,6 +6,7 @@ GatewayError                 status, type, code; rendered as {"error": {...}}
 ├── 403 Forbidden            key may not use this model, or is not an admin key
 ├── 404 ModelNotFound        no deployment serves that model name
 ├── 413 BodyTooLarge         request body over the limit
+├── 431 HeadersTooLarge      request line and headers over the limit
 ├── 429 RateLimited          key over its requests per minute
 ├── 502 UpstreamFailed       the replica answered garbage or broke the connection
 ├── 503 NoReplica            nothing ready serves the model (or the on-demand hold timed out)
@@ -63,6 +64,10 @@ class NotFoundPath(GatewayError):
 
 class BodyTooLarge(GatewayError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class HeadersTooLarge(GatewayError):
+    status, type, code = 431, "invalid_request_error", "headers_too_large"
 
 
 class RateLimited(GatewayError):
