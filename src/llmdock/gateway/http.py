@@ -249,7 +249,7 @@ class Connection(asyncio.Protocol):
             parser.should_keep_alive(),
         )
         if self.task is None:
-            self.task = asyncio.ensure_future(self.run(req))
+            self.task = self.server.loop.create_task(self.run(req))
         else:  # pipelined behind a request still being answered
             self.pending.append(req)
             if len(self.pending) >= PIPELINE_MAX and self.transport is not None:
@@ -304,7 +304,7 @@ class Connection(asyncio.Protocol):
 
     async def drain(self) -> None:
         if self.paused and not self.closed:
-            self.drained = asyncio.get_running_loop().create_future()
+            self.drained = self.server.loop.create_future()
             await self.drained
 
     def refuse(self, e: GatewayError) -> None:
@@ -342,9 +342,10 @@ class Server:
         self.conns: set[Connection] = set()
         self.server: asyncio.base_events.Server | None = None
         self.sweeper: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop  # set by start(), which runs on it
 
     async def start(self, host: str, port: int, **kwargs: Any) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             lambda: Connection(self), host, port, backlog=4096, reuse_address=True, **kwargs
         )

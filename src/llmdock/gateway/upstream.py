@@ -53,8 +53,9 @@ class Broken(UpstreamError):
 class Conn(asyncio.Protocol):
     """One connection to an engine, carrying one request at a time."""
 
-    def __init__(self, pool: Pool, origin: Origin) -> None:
+    def __init__(self, pool: Pool, origin: Origin, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
+        self.loop = loop
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -69,6 +70,7 @@ class Conn(asyncio.Protocol):
         self.chunks: deque[bytes] = deque()
         self.partial: list[bytes] = []
         self.chunked = False
+        self.keep_alive = False
         self.paused = False
         self.got_bytes = False
         self.has_headers = False
@@ -102,6 +104,7 @@ class Conn(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
         self.chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
+        self.keep_alive = self.parser.should_keep_alive()  # read now: llhttp forgets it at the message's end
         self.has_headers = True
         self.wake()
 
@@ -140,7 +143,7 @@ class Conn(asyncio.Protocol):
         assert self.transport is not None
         self.reset()
         self.transport.write(data)
-        self.timer = asyncio.get_running_loop().call_later(self.pool.read_timeout, self.check_silence)
+        self.timer = self.loop.call_later(self.pool.read_timeout, self.check_silence)
 
     def check_silence(self) -> None:
         idle = time.monotonic() - self.last_active
@@ -149,7 +152,7 @@ class Conn(asyncio.Protocol):
             self.timer = None
             self.fail(Silent(f"nothing arrived for {timeout:g}s"))
         else:
-            self.timer = asyncio.get_running_loop().call_later(timeout - idle, self.check_silence)
+            self.timer = self.loop.call_later(timeout - idle, self.check_silence)
 
     def fail(self, e: UpstreamError) -> None:
         if self.failure is None:
@@ -165,7 +168,7 @@ class Conn(asyncio.Protocol):
     async def wait(self) -> None:
         if self.failure is not None:
             raise self.failure
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.waiter = self.loop.create_future()
         try:
             await self.waiter
         finally:
@@ -178,7 +181,7 @@ class Conn(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.done and self.failure is None and self.parser.should_keep_alive():
+        if self.done and self.failure is None and self.keep_alive:
             self.pool.put(self)
         else:
             self.abort()
@@ -281,7 +284,7 @@ class Pool:
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: Conn(self, origin),
+                    lambda: Conn(self, origin, loop),
                     host,
                     port,
                     ssl=self.tls if tls else None,
