@@ -257,6 +257,23 @@ def test_refuses_public_bind_without_keys(home: Path) -> None:
     assert done.returncode == 1 and "without any API key" in done.stderr and "--insecure" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--route", "mock"], "is not MODEL=URL"),
+        (["--route", "mock=127.0.0.1:8001"], "is not MODEL=URL"),
+        (["--route", "=http://127.0.0.1:8001"], "is not MODEL=URL"),
+        (["--route", "mock=http://h:port"], "is not MODEL=URL"),
+        (["--health-interval", "0"], "is not a positive number"),
+        (["--health-interval", "nan"], "is not a positive number"),
+    ],
+)
+def test_bad_serve_flags_are_refused_before_listening(home: Path, args: list[str], says: str) -> None:
+    done = cli("serve", "--port", "0", "--no-docker", *args, timeout=30)
+    assert done.returncode == 1 and says in done.stderr, done.stderr
+    assert "gateway on" not in done.stderr
+
+
 def test_revoking_the_last_key_does_not_open_a_public_gateway(
     home: Path, tmp_path: Path, upstream: Upstream
 ) -> None:

@@ -14,7 +14,7 @@ from llmdock.gateway.app import check_exposure, is_loopback
 from llmdock.gateway.keys import Authenticator, KeyRecord, digest, generate
 from llmdock.gateway.keystore import KeyStore, Usage, parse_duration
 from llmdock.gateway.metrics import Metrics
-from llmdock.gateway.routing import Policy, RouteTable, Target, pick
+from llmdock.gateway.routing import Policy, RouteTable, Target, parse_base, pick
 from llmdock.gateway.sse import UsageMeter, strip_usage_event
 from llmdock.gateway.supervisor import MAX_RESTARTS, Backoff, backoff_after, due_restart
 from llmdock.state import Store
@@ -27,6 +27,26 @@ def target(dep: str, port: int, running: bool = True, served: str = "") -> Targe
 
 
 # ---- routing --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("http://127.0.0.1:8001", ("127.0.0.1", 8001, False, "")),
+        ("http://127.0.0.1:8001/", ("127.0.0.1", 8001, False, "")),
+        ("http://gpu-3", ("gpu-3", 80, False, "")),
+        ("https://api.example.test/openai/", ("api.example.test", 443, True, "/openai")),
+        ("http://[::1]:9000/x", ("::1", 9000, False, "/x")),
+    ],
+)
+def test_parse_base(url: str, origin: tuple[str, int, bool, str]) -> None:
+    assert parse_base(url) == origin
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8001", "ftp://h/", "http://", "http://h:port", ""])
+def test_parse_base_refuses_what_is_not_an_http_url(url: str) -> None:
+    with pytest.raises(ValueError):
+        parse_base(url)
+
+
 def test_lookup_by_served_name_and_alias_and_least_outstanding() -> None:
     table = RouteTable()
     table.rebuild([target("qwen", 1, served="Qwen"), target("qwen", 2, served="Qwen")], {})
