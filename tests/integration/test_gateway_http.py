@@ -283,11 +283,6 @@ def test_requests_the_server_refuses_itself(
     run(main())
 
 
-@pytest.mark.xfail(
-    reason="BUG: HEADER_LIMIT is checked only in on_header, once a header is complete: a request line "
-    "with no headers after it, or a header line that never ends, is read (and buffered) without limit",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "request_bytes",
     [
@@ -310,10 +305,6 @@ def test_the_header_limit_counts_every_byte_before_the_body(run: Run, request_by
     run(main())
 
 
-@pytest.mark.xfail(
-    reason="BUG: the answer to HEAD carries the body, which a keep-alive client reads as the next answer",
-    strict=True,
-)
 def test_the_answer_to_head_has_no_body(run: Run) -> None:
     async def main() -> None:
         async with serving(echo) as (port, _), connect(port) as (reader, writer):
@@ -492,5 +483,45 @@ def test_an_idle_keep_alive_connection_is_closed_after_keepalive_s(run: Run) -> 
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert await read_response(reader) == answer(b"GET / ")
             assert await read_to_eof(reader) == b""  # within WAIT, so the sweeper closed it
+
+    run(main())
+
+
+def test_an_upgrade_request_is_answered_as_plain_http_then_the_connection_closes(run: Run) -> None:
+    async def main() -> None:
+        async with serving(echo) as (port, refused), connect(port) as (reader, writer):
+            writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+            writer.write(b"\x81\x05hello")  # what would follow in the other protocol: never parsed
+            got = await read_to_eof(reader)
+        assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(b"GET /ws ")
+        assert refused == []  # nothing was refused: the request was served
+
+    run(main())
+
+
+def test_no_100_continue_inside_the_answer_to_a_pipelined_request(run: Run) -> None:
+    release = asyncio.Event()
+
+    async def handler(req: Request) -> Response | Stream:
+        if req.path == "/slow":
+            out = req.stream(200, "text/plain")
+            await out.write(b"first")
+            await release.wait()
+            await out.write(b"second")
+            return out
+        return await echo(req)
+
+    async def main() -> None:
+        async with serving(handler) as (port, _), connect(port) as (reader, writer):
+            writer.write(
+                b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"POST /p HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi"
+            )
+            head = await within(reader.readuntil(b"\r\n\r\n"))
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert await within(reader.readuntil(b"first\r\n")) == chunk(b"first")
+            release.set()
+            rest = await within(reader.readuntil(b"POST /p hi"))
+            assert rest == chunk(b"second") + b"0\r\n\r\n" + answer(b"POST /p hi")  # no 100 in between
 
     run(main())

@@ -483,11 +483,6 @@ def test_a_slow_reader_pauses_the_engine_connection_and_reading_resumes_it(run: 
     run(main())
 
 
-@pytest.mark.xfail(
-    reason="BUG: the silence timer keeps running while reading is paused for a slow reader, so a live "
-    "stream is declared Silent and aborted",
-    strict=True,
-)
 def test_a_reader_slower_than_read_timeout_is_not_the_engine_being_silent(run: Run) -> None:
     first = [b"event %d" % i for i in range(HIGH_WATER + 36)]
 
@@ -514,11 +509,6 @@ def test_a_reader_slower_than_read_timeout_is_not_the_engine_being_silent(run: R
     run(main())
 
 
-@pytest.mark.xfail(
-    reason="BUG: Conn.finish() pools a connection whose reading is still paused (the engine had finished, "
-    "the reader left with chunks queued); the next request on it gets no byte and ends Silent",
-    strict=True,
-)
 def test_a_reply_closed_early_with_chunks_still_queued_leaves_no_stalled_connection(run: Run) -> None:
     """The engine finished while the reader lagged (reading paused); the reader leaves. The next request
     must not go out on a connection that is still not being read."""

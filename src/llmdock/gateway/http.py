@@ -110,14 +110,14 @@ class Stream:
             req.keep_alive = False
         framing = b"Transfer-Encoding: chunked\r\n" if self.chunked else b""
         conn.write(head(status, content_type, framing + headers, req.keep_alive))
-        self.ended = False
+        self.ended = req.method == "HEAD"  # a HEAD answer has no body: writes are dropped
 
     async def write(self, data: bytes) -> None:
         """Send ``data``; waits while the client's socket buffer is full; ConnectionResetError once it left."""
         conn = self.conn
         if conn.closed:
             raise ConnectionResetError("the client closed the connection")
-        if data:
+        if data and not self.ended:
             conn.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
         if conn.paused:
             await conn.drain()
@@ -160,6 +160,8 @@ class Connection(asyncio.Protocol):
         self.reading = True
         self.drained: asyncio.Future[None] | None = None
         self.refused = False  # answered an error mid-request: ignore what follows, close when written
+        self.in_head = False  # between the first byte of a request and the end of its headers
+        self.head_bytes = 0
         self.last_active = time.monotonic()
 
     # ---- asyncio protocol ----------------------------------------------------------------------
@@ -174,10 +176,20 @@ class Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self.refuse(BadRequest("protocol upgrades are not supported"))
+            # The request was answered as plain HTTP (a server may ignore Upgrade); what follows on this
+            # connection is another protocol, so nothing more is read and it closes after the answers.
+            self.refused = True
+            if self.task is None:
+                self.close()
+            return
         except httptools.HttpParserError as e:
             if not self.refused:  # a limit refused it from a callback already
                 self.refuse(BadRequest(f"malformed HTTP request: {e}"))
+            return
+        if self.in_head:  # headers still incomplete: llhttp holds a partial line without telling us
+            self.head_bytes += len(data)
+            if self.head_bytes > HEADER_LIMIT:
+                self.refuse(HeadersTooLarge(f"the request line and headers exceed {HEADER_LIMIT} bytes"))
 
     def eof_received(self) -> bool:
         return False  # a client that stops sending is gone: close, which cancels its handler
@@ -201,6 +213,8 @@ class Connection(asyncio.Protocol):
 
     # ---- httptools callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self.in_head = True
+        self.head_bytes = 0
         self.url = []
         self.headers = {}
         self.body = []
@@ -208,6 +222,9 @@ class Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.size += len(url)
+        if self.size > HEADER_LIMIT:
+            self.refuse(HeadersTooLarge(f"the request line and headers exceed {HEADER_LIMIT} bytes"))
+            raise httptools.HttpParserError("request line too long")
         self.url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -227,7 +244,11 @@ class Connection(asyncio.Protocol):
             self.refuse(BodyTooLarge(f"the request body is {declared} bytes; the limit is {limit}"))
             raise httptools.HttpParserError("body too large")
         self.size = 0
-        if self.headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
+        self.in_head = False
+        # Only for a request answered next: behind a pipelined one, the 100 would land inside its answer
+        # (clients send the body anyway after a short wait).
+        expects = self.headers.get("expect", "").lower() == "100-continue"
+        if expects and self.task is None and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -279,7 +300,9 @@ class Connection(asyncio.Protocol):
                     b"Content-Length: %d\r\n%b" % (len(body), answer.headers),
                     req.keep_alive,
                 )
-                if len(body) < 65536:
+                if req.method == "HEAD":  # the length of the body that GET would get, and no body
+                    self.write(data)
+                elif len(body) < 65536:
                     self.write(data + body)
                 else:
                     self.write(data)
@@ -292,6 +315,8 @@ class Connection(asyncio.Protocol):
                 return
             if not self.pending:
                 self.task = None
+                if self.refused:  # nothing more will be read (an upgrade followed): done
+                    self.close()
                 return
             req = self.pending.popleft()
             if not self.reading and self.transport is not None:

@@ -146,8 +146,11 @@ class Conn(asyncio.Protocol):
         self.timer = self.loop.call_later(self.pool.read_timeout, self.check_silence)
 
     def check_silence(self) -> None:
-        idle = time.monotonic() - self.last_active
         timeout = self.pool.read_timeout
+        if self.paused:  # we stopped reading for a slow client: the engine is not the one being silent
+            self.timer = self.loop.call_later(timeout, self.check_silence)
+            return
+        idle = time.monotonic() - self.last_active
         if idle >= timeout:
             self.timer = None
             self.fail(Silent(f"nothing arrived for {timeout:g}s"))
@@ -177,11 +180,14 @@ class Conn(asyncio.Protocol):
             raise self.failure
 
     def finish(self) -> None:
-        """The request is over: back to the pool when the answer was read to its end, else abort."""
+        """The request is over: back to the pool when the engine's answer is complete, else abort.
+
+        A paused connection is not pooled: the client left with chunks queued, and its socket is not read.
+        """
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.done and self.failure is None and self.keep_alive:
+        if self.done and self.failure is None and self.keep_alive and not self.paused:
             self.pool.put(self)
         else:
             self.abort()
