@@ -250,6 +250,9 @@ class Gateway:
         import signal
 
         await self.start()
+        import gc
+
+        gc.freeze()  # what start-up made lives as long as the process: keep it out of every collection
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -153,8 +153,12 @@ class Connection(asyncio.Protocol):
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
         self.size = 0
-        self.pending: deque[Request] = deque()
-        self.task: asyncio.Task[None] | None = None
+        self.pending: deque[Request] = deque()  # complete requests not yet answered, in order
+        # One worker task per connection answers its requests one at a time and, between them, waits on
+        # ``wakeup``: cheaper than a task per request on keep-alive connections.
+        self.worker: asyncio.Task[None] | None = None
+        self.wakeup: asyncio.Future[None] | None = None
+        self.busy = False  # a request is being answered
         self.closed = False
         self.paused = False
         self.reading = True
@@ -179,7 +183,7 @@ class Connection(asyncio.Protocol):
             # The request was answered as plain HTTP (a server may ignore Upgrade); what follows on this
             # connection is another protocol, so nothing more is read and it closes after the answers.
             self.refused = True
-            if self.task is None:
+            if not self.busy and not self.pending:
                 self.close()
             return
         except httptools.HttpParserError as e:
@@ -198,8 +202,8 @@ class Connection(asyncio.Protocol):
         self.closed = True
         self.server.conns.discard(self)
         self.pending.clear()
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        if self.worker is not None and not self.worker.done():
+            self.worker.cancel()
         if self.drained is not None and not self.drained.done():
             self.drained.set_exception(ConnectionResetError("the client closed the connection"))
 
@@ -248,7 +252,7 @@ class Connection(asyncio.Protocol):
         # Only for a request answered next: behind a pipelined one, the 100 would land inside its answer
         # (clients send the body anyway after a short wait).
         expects = self.headers.get("expect", "").lower() == "100-continue"
-        if expects and self.task is None and self.transport is not None:
+        if expects and not self.busy and not self.pending and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -269,59 +273,72 @@ class Connection(asyncio.Protocol):
             parser.get_http_version(),
             parser.should_keep_alive(),
         )
-        if self.task is None:
-            self.task = self.server.loop.create_task(self.run(req))
-        else:  # pipelined behind a request still being answered
-            self.pending.append(req)
-            if len(self.pending) >= PIPELINE_MAX and self.transport is not None:
-                self.transport.pause_reading()
-                self.reading = False
+        self.pending.append(req)
+        if self.worker is None:
+            self.worker = self.server.loop.create_task(self.run())
+        elif self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+        if len(self.pending) >= PIPELINE_MAX and self.transport is not None:
+            self.transport.pause_reading()  # pipelined too far ahead of the answers
+            self.reading = False
 
     # ---- answering -----------------------------------------------------------------------------
-    async def run(self, req: Request) -> None:
-        while True:
-            try:
-                answer = await self.server.handler(req)
-            except asyncio.CancelledError:
-                return  # the client left
-            except Exception:
-                log.exception("handler failed on %s %s", req.method, req.path)
-                if req.streamed:  # the status went out already: cutting the stream short is all that is left
-                    self.close()
+    async def run(self) -> None:
+        """The connection's worker: answers pending requests in order until the connection ends."""
+        try:
+            while not self.closed:
+                if not self.pending:
+                    if self.refused:  # nothing more will be read (an error or an upgrade): done
+                        self.close()
+                        return
+                    self.wakeup = self.server.loop.create_future()
+                    await self.wakeup
+                    continue
+                req = self.pending.popleft()
+                if not self.reading and self.transport is not None:
+                    self.transport.resume_reading()
+                    self.reading = True
+                self.busy = True
+                if not await self.answer(req):
                     return
-                answer = Response(500, envelope("internal gateway error", "server_error", "internal_error"))
-            if self.closed:
-                return
-            if isinstance(answer, Response):
-                body = answer.body
-                data = head(
-                    answer.status,
-                    answer.content_type,
-                    b"Content-Length: %d\r\n%b" % (len(body), answer.headers),
-                    req.keep_alive,
-                )
-                if req.method == "HEAD":  # the length of the body that GET would get, and no body
-                    self.write(data)
-                elif len(body) < 65536:
-                    self.write(data + body)
-                else:
-                    self.write(data)
-                    self.write(body)
-            else:
-                await answer.end()
-            self.last_active = time.monotonic()
-            if not req.keep_alive:
+                self.busy = False
+        except asyncio.CancelledError:
+            return  # the client left: connection_lost cancelled the worker (and so the handler)
+
+    async def answer(self, req: Request) -> bool:
+        """Run the handler for ``req`` and send its answer; False when the connection is done after it."""
+        try:
+            answer = await self.server.handler(req)
+        except Exception:
+            log.exception("handler failed on %s %s", req.method, req.path)
+            if req.streamed:  # the status went out already: cutting the stream short is all that is left
                 self.close()
-                return
-            if not self.pending:
-                self.task = None
-                if self.refused:  # nothing more will be read (an upgrade followed): done
-                    self.close()
-                return
-            req = self.pending.popleft()
-            if not self.reading and self.transport is not None:
-                self.transport.resume_reading()
-                self.reading = True
+                return False
+            answer = Response(500, envelope("internal gateway error", "server_error", "internal_error"))
+        if self.closed:
+            return False
+        if isinstance(answer, Response):
+            body = answer.body
+            data = head(
+                answer.status,
+                answer.content_type,
+                b"Content-Length: %d\r\n%b" % (len(body), answer.headers),
+                req.keep_alive,
+            )
+            if req.method == "HEAD":  # the length of the body that GET would get, and no body
+                self.write(data)
+            elif len(body) < 65536:
+                self.write(data + body)
+            else:
+                self.write(data)
+                self.write(body)
+        else:
+            await answer.end()
+        self.last_active = time.monotonic()
+        if not req.keep_alive:
+            self.close()
+            return False
+        return True
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -338,12 +355,10 @@ class Connection(asyncio.Protocol):
         self.pending.clear()
         if self.server.refused is not None:
             self.server.refused(e)
-        if self.task is None:  # otherwise the answer in progress comes first; then the connection closes
+        if not self.busy:  # else the answer in progress comes first; then the worker closes the connection
             self.write(head(e.status, "application/json", b"Content-Length: %d\r\n" % len(e.body()), False))
             self.write(e.body())
             self.close()
-        else:
-            self.task.add_done_callback(lambda _: self.close())
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -382,7 +397,7 @@ class Server:
             await asyncio.sleep(min(5.0, self.keepalive_s))
             quiet = time.monotonic() - self.keepalive_s
             for conn in list(self.conns):
-                if conn.task is None and conn.last_active < quiet:
+                if not conn.busy and not conn.pending and conn.last_active < quiet:
                     conn.close()
 
     async def close(self) -> None:
