@@ -51,10 +51,14 @@ def error(r: httpx.Response) -> dict[str, Any]:
 
 
 def test_json_and_stream_through_the_openai_client(gw: Served, upstream: Upstream) -> None:
-    from openai import OpenAI
+    from openai import NotFoundError, OpenAI
 
     with OpenAI(base_url=gw.url + "/v1", api_key="none", max_retries=0) as client:
         assert [m.id for m in client.models.list()] == ["mock"]
+        assert client.models.retrieve("mock").id == "mock"
+        with pytest.raises(NotFoundError) as e:
+            client.models.retrieve("nope")
+        assert e.value.status_code == 404 and "does not exist" in e.value.message
         reply = client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "hi"}])
         assert reply.usage is not None and reply.usage.completion_tokens == 64
         chunks = list(
@@ -67,7 +71,7 @@ def test_json_and_stream_through_the_openai_client(gw: Served, upstream: Upstrea
     assert upstream.bodies[-1]["stream_options"] == {"include_usage": True}
 
     def usage() -> list[dict[str, Any]]:
-        rows = json.loads(cli("usage", "--json").stdout)
+        rows = [r for r in json.loads(cli("usage", "--json").stdout) if r["model"] == "mock"]
         return rows if rows and rows[0]["requests"] == 2 else []
 
     rows = wait_for(usage)
@@ -127,6 +131,10 @@ def test_keys_401_403_429_and_revoke(home: Path, tmp_path: Path, upstream: Upstr
         assert (
             c.get(gw.url + "/v1/models", headers={"Authorization": f"Bearer {limited}"}).json()["data"] == []
         )
+        r = c.get(gw.url + "/v1/models/mock", headers={"Authorization": f"Bearer {limited}"})
+        assert (
+            r.status_code == 404 and error(r)["code"] == "model_not_found"
+        )  # not named to a key that may not use it
         assert c.post(url, json=body, headers={"Authorization": f"Bearer {slow}"}).status_code == 200
         r = c.post(url, json=body, headers={"Authorization": f"Bearer {slow}"})
         assert r.status_code == 429 and error(r)["type"] == "rate_limit_error"

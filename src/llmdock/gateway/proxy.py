@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
+from urllib.parse import unquote
 
 from llmdock.gateway.http import Request, Response, Stream
 from llmdock.gateway.keys import Authenticator, KeyRecord
@@ -82,6 +83,23 @@ class UsageBuffer:
 Hold = Callable[[Route], Awaitable[Replica]]
 
 
+def model_object(r: Route) -> dict[str, Any]:
+    """A route as an OpenAI model object, with llmdock's view of it under ``llmdock``."""
+    return {
+        "id": r.served_name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "llmdock",
+        "llmdock": {
+            "deployment": r.name,
+            "ready": r.ready,
+            "on_demand": r.policy.on_demand,
+            "replicas": len(r.replicas),
+            "aliases": list(r.aliases),
+        },
+    }
+
+
 def error_response(e: GatewayError) -> Response:
     return Response(e.status, e.body())
 
@@ -116,8 +134,11 @@ class Proxy:
             record = self.auth.check(request.headers.get("authorization"))
             key = record.name
             path = request.path
-            if request.method == "GET" and path in ("/v1/models", "/v1/models/"):
-                return self.models(record)
+            if request.method == "GET" and path.startswith("/v1/models"):
+                if path in ("/v1/models", "/v1/models/"):
+                    return self.models(record)
+                if path.startswith("/v1/models/"):  # retrieve one; its id may hold a slash (Qwen/...)
+                    return self.model(record, unquote(path[len("/v1/models/") :]))
             try:
                 payload = json.loads(request.body)
             except ValueError:
@@ -156,23 +177,22 @@ class Proxy:
 
     def models(self, record: KeyRecord) -> Response:
         data = [
-            {
-                "id": r.served_name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "llmdock",
-                "llmdock": {
-                    "deployment": r.name,
-                    "ready": r.ready,
-                    "on_demand": r.policy.on_demand,
-                    "replicas": len(r.replicas),
-                    "aliases": list(r.aliases),
-                },
-            }
+            model_object(r)
             for r in self.table.servable()
             if record.allows((r.served_name, r.name, *r.aliases))
         ]
         return json_response({"object": "list", "data": data})
+
+    def model(self, record: KeyRecord, name: str) -> Response:
+        """One model by its served name or an alias; 404 also when this key may not use it."""
+        route = self.table.lookup(name)
+        if (
+            route is None
+            or route not in self.table.servable()
+            or not record.allows((route.served_name, route.name, *route.aliases))
+        ):
+            raise ModelNotFound(f"the model {name!r} does not exist; list models with GET /v1/models")
+        return json_response(model_object(route))
 
     async def forward(
         self,
