@@ -1,13 +1,17 @@
-"""The gateway's HTTP/1.1 server: an asyncio protocol over httptools (llhttp), one task per request.
+"""The gateway's HTTP/1.1 server: an asyncio protocol over httptools (llhttp), one worker task per
+connection that answers its requests in order.
 
 Why not aiohttp's server: on these 2-vCPU VMs a bare aiohttp pass-through costs about 380 µs of CPU per
 request at concurrency 1, mostly in per-request objects and extra socket calls; this server reads a request
-with one ``recv``, answers with one ``send`` and costs a fraction of that (benchmarks/gateway/).
+with one ``recv`` and answers with one ``send``, and the whole gateway (keys, routing, usage, metrics and
+the engine client) costs less than that (benchmarks/gateway/).
 
 What it does: keep-alive and pipelining (requests on a connection are answered in order), chunked request
 bodies, ``Expect: 100-continue``, HTTP/1.0 clients, a body limit (413 as soon as it is known), a header
-limit (431), idle connections closed after ``keepalive_s``. A client that disconnects cancels its
-handler task, which is how the proxy aborts the engine's request.
+limit (431, counting every byte before the body), ``HEAD``, idle connections closed after ``keepalive_s``.
+A request asking for an Upgrade is answered as plain HTTP and the connection then closes. A client that
+disconnects cancels its connection's worker and so the handler, which is how the proxy aborts the
+engine's request.
 
 The handler gets a :class:`Request` (whole body read) and returns a :class:`Response`, or streams with
 ``request.stream(...)`` and returns the :class:`Stream`::
