@@ -132,7 +132,7 @@ def latency_c1(port: int, key: str | None, pid: int | None, rounds: int, per_rou
     for label, body, scale in (
         ("json", JSON_BODY, 1),
         ("sse", SSE_BODY, 1),
-        ("sse_spaced", SPACED_SSE_BODY, 20),
+        ("sse_spaced", SPACED_SSE_BODY, 40),
     ):
         direct = SyncClient(UP)
         via = SyncClient(port)
@@ -216,10 +216,10 @@ PEERS = ("llmdock", "bare_aiohttp", "nginx", "litellm")
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--litellm", default="/tmp/litellm-venv/bin/litellm")
-    ap.add_argument("--runs", type=int, default=3, help="every path is measured this many times")
+    ap.add_argument("--runs", type=int, default=5, help="every path is measured this many times")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--per-round", type=int, default=400)
-    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--only", default="direct,llmdock,bare,nginx,litellm")
     ap.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from results.json")
     args = ap.parse_args()
