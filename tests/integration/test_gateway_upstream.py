@@ -367,6 +367,54 @@ def test_an_engine_that_stops_sending_is_silent_after_read_timeout(
     run(main())
 
 
+def test_silence_is_judged_per_connection_by_one_timer(run: Run) -> None:
+    """Three requests at once: one engine keeps sending past the timeout, one stops after a while, one
+    finishes at once. Only the one that stopped fails, a timeout after its last chunk; once none is in
+    flight the timer stops coming back, so an idle gateway is not woken."""
+
+    async def answer(
+        engine: Engine, _: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        request = await engine.read_request(reader)
+        if b"/done" in request:
+            writer.write(length_answer(b"ok"))
+            await reader.read()
+            return
+        writer.write(CHUNKED)
+        ticks = 8 if b"/steady" in request else 3
+        for i in range(ticks):  # an event every TIMEOUT / 2: never silent for a whole TIMEOUT
+            writer.write(chunk(b"tick %d" % i))
+            await asyncio.sleep(TIMEOUT / 2)
+        if b"/steady" in request:
+            writer.write(b"0\r\n\r\n")
+        await reader.read()
+
+    async def main() -> None:
+        async with Engine(answer) as engine, pooled(read_timeout=TIMEOUT) as pool:
+            t0 = time.monotonic()
+            steady, stops, done = [
+                await within(pool.request("127.0.0.1", engine.port, "GET", path))
+                for path in ("/steady", "/stops", "/done")
+            ]
+            assert await within(done.read()) == b"ok"
+            done.close()
+            assert await chunks_of(steady) == [b"tick %d" % i for i in range(8)]  # 4 × TIMEOUT, no failure
+            steady.close()
+            got: list[bytes] = []
+            with pytest.raises(Silent):
+                while (c := await within(stops.next_chunk())) is not None:
+                    got.append(c)
+            stops.close()
+            assert got == [b"tick 0", b"tick 1", b"tick 2"]
+            # the last chunk came at about TIMEOUT; the failure a TIMEOUT later (already past, as the
+            # steady stream took 4 × TIMEOUT to read): it was raised when read, not before its deadline
+            assert time.monotonic() - t0 >= 2 * TIMEOUT
+            assert not pool.busy
+            await until(lambda: pool.watcher is None)  # it fires once more and finds nothing to watch
+
+    run(main())
+
+
 @pytest.mark.parametrize(
     "sent",
     [b"", b"NOT HTTP AT ALL\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Le"],

@@ -136,6 +136,34 @@ def test_error_envelope(cls: type[wire.GatewayError], status: int) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("chunks", "figures"),
+    [
+        ([b'{"id":"x","usage":{"prompt_tokens":5,"completion_tokens":8,"total_tokens":13}}'], (5, 8)),
+        (
+            [b'{"usage": {"prompt_tokens" : 7, "prompt_tokens_details": null, "completion_tokens":\n2}}'],
+            (7, 2),
+        ),
+        (  # cumulative figures: the last in a chunk win
+            [
+                b'data: {"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\n'
+                b'data: {"usage":{"prompt_tokens":1,"completion_tokens":9}}\n\n'
+            ],
+            (1, 9),
+        ),
+        ([b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4'], (3, 4)),
+        ([b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":', b"41}}\n\n"], (3, 41)),
+        ([b'{"choices":[{"message":{"content":"no usage here"}}]}'], (0, 0)),
+    ],
+    ids=["json", "spaces-and-details", "last-wins", "no-closing-brace", "number-in-next-chunk", "none"],
+)
+def test_usage_meter(chunks: list[bytes], figures: tuple[int, int]) -> None:
+    meter = UsageMeter()
+    for c in chunks:
+        meter.feed(c)
+    assert (meter.prompt_tokens, meter.completion_tokens) == figures
+
+
 def test_usage_meter_finds_figures_split_across_chunks() -> None:
     meter = UsageMeter()
     meter.feed(b'data: {"choices":[{"delta":{}}],"usage":null}\n\n')

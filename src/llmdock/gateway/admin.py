@@ -63,7 +63,7 @@ class Admin:
         try:
             if request.path == "/openapi.json":
                 return json_response(OPENAPI)
-            self.auth.admin(request.headers.get("authorization"))
+            self.auth.admin(request.header("authorization"))
             parts = [p for p in request.path.split("/") if p][2:]  # after admin/v1
             return await self.route(request, request.method, parts)
         except (ValueError, TypeError) as e:  # a query or body field of the wrong kind

@@ -196,7 +196,7 @@ class Gateway:
         if path == "/metrics":
             if not self.auth.open or self.auth.require_key:  # it names keys and models: keys see it
                 try:
-                    self.auth.check(request.headers.get("authorization"))
+                    self.auth.check(request.header("authorization"))
                 except GatewayError as e:
                     return error_response(e)
             return Response(200, self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")

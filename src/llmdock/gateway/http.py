@@ -64,15 +64,35 @@ def error_response(e: GatewayError) -> Response:
     return Response(e.status, e.body())
 
 
+def find_header(raw: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The value of header ``name`` (lower-case), repeated ones joined with ", "; None when absent."""
+    n, found = len(name), None
+    for k, v in raw:
+        if len(k) == n and k.lower() == name:
+            text = v.decode("latin-1")
+            found = text if found is None else f"{found}, {text}"
+    return found
+
+
 class Request:
-    __slots__ = ("body", "conn", "headers", "keep_alive", "method", "streamed", "target", "version")
+    __slots__ = (
+        "_headers",
+        "body",
+        "conn",
+        "keep_alive",
+        "method",
+        "raw_headers",
+        "streamed",
+        "target",
+        "version",
+    )
 
     def __init__(
         self,
         conn: Connection,
         method: str,
         target: str,
-        headers: dict[str, str],
+        raw_headers: list[tuple[bytes, bytes]],
         body: bytes,
         version: str,
         keep_alive: bool,
@@ -80,11 +100,30 @@ class Request:
         self.conn = conn
         self.method = method
         self.target = target  # path and query, as sent
-        self.headers = headers  # lower-case names
+        self.raw_headers = raw_headers  # as received; decoded when asked for
+        self._headers: dict[str, str] | None = None
         self.body = body
         self.version = version
         self.keep_alive = keep_alive
         self.streamed = False
+
+    def header(self, name: str) -> str | None:
+        """One header by its lower-case name, without decoding the others (the hot path's way)."""
+        if self._headers is not None:
+            return self._headers.get(name)
+        return find_header(self.raw_headers, name.encode("latin-1"))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Every header, by lower-case name; repeated ones joined with ", "."""
+        if self._headers is None:
+            headers: dict[str, str] = {}
+            for k, v in self.raw_headers:
+                key, text = k.decode("latin-1").lower(), v.decode("latin-1")
+                old = headers.get(key)
+                headers[key] = text if old is None else f"{old}, {text}"
+            self._headers = headers
+        return self._headers
 
     @property
     def path(self) -> str:
@@ -154,7 +193,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.url: list[bytes] = []
-        self.headers: dict[str, str] = {}
+        self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.size = 0
         self.pending: deque[Request] = deque()  # complete requests not yet answered, in order
@@ -224,7 +263,7 @@ class Connection(asyncio.Protocol):
         self.in_head = True
         self.head_bytes = 0
         self.url = []
-        self.headers = {}
+        self.headers = []
         self.body = []
         self.size = 0
 
@@ -240,14 +279,11 @@ class Connection(asyncio.Protocol):
         if self.size > HEADER_LIMIT:
             self.refuse(HeadersTooLarge(f"the request line and headers exceed {HEADER_LIMIT} bytes"))
             raise httptools.HttpParserError("headers too large")
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        old = self.headers.get(key)
-        self.headers[key] = text if old is None else f"{old}, {text}"
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         limit = self.server.body_limit
-        declared = self.headers.get("content-length")
+        declared = find_header(self.headers, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             self.refuse(BodyTooLarge(f"the request body is {declared} bytes; the limit is {limit}"))
             raise httptools.HttpParserError("body too large")
@@ -255,7 +291,7 @@ class Connection(asyncio.Protocol):
         self.in_head = False
         # Only for a request answered next: behind a pipelined one, the 100 would land inside its answer
         # (clients send the body anyway after a short wait).
-        expects = self.headers.get("expect", "").lower() == "100-continue"
+        expects = (find_header(self.headers, b"expect") or "").lower() == "100-continue"
         if expects and not self.busy and not self.pending and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 

@@ -131,7 +131,7 @@ class Proxy:
         t0 = perf_counter()
         model, key = "-", "-"
         try:
-            record = self.auth.check(request.headers.get("authorization"))
+            record = self.auth.check(request.header("authorization"))
             key = record.name
             path = request.path
             if request.method == "GET" and path.startswith("/v1/models"):

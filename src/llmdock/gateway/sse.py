@@ -34,11 +34,13 @@ class UsageMeter:
 
     def feed(self, chunk: bytes) -> None:
         data = self.tail + chunk if self.tail else chunk
-        if b"_tokens" in data:
-            for m in PROMPT_RE.finditer(data):
-                self.prompt_tokens = int(m.group(1))
-            for m in COMPLETION_RE.finditer(data):
-                self.completion_tokens = int(m.group(1))
+        if b"_tokens" in data:  # the last figures in the data are the ones that count
+            i = data.rfind(b'"prompt_tokens"')
+            if i >= 0 and (m := PROMPT_RE.match(data, i)):
+                self.prompt_tokens = int(m[1])
+            i = data.rfind(b'"completion_tokens"')
+            if i >= 0 and (m := COMPLETION_RE.match(data, i)):
+                self.completion_tokens = int(m[1])
         self.tail = data[-TAIL:]
 
 

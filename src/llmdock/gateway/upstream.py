@@ -60,7 +60,6 @@ class Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
         self.reset()
         self.failure: UpstreamError | None = None
 
@@ -143,19 +142,7 @@ class Conn(asyncio.Protocol):
         assert self.transport is not None
         self.reset()
         self.transport.write(data)
-        self.timer = self.loop.call_later(self.pool.read_timeout, self.check_silence)
-
-    def check_silence(self) -> None:
-        timeout = self.pool.read_timeout
-        if self.paused:  # we stopped reading for a slow client: the engine is not the one being silent
-            self.timer = self.loop.call_later(timeout, self.check_silence)
-            return
-        idle = time.monotonic() - self.last_active
-        if idle >= timeout:
-            self.timer = None
-            self.fail(Silent(f"nothing arrived for {timeout:g}s"))
-        else:
-            self.timer = self.loop.call_later(timeout - idle, self.check_silence)
+        self.pool.watch(self)
 
     def fail(self, e: UpstreamError) -> None:
         if self.failure is None:
@@ -184,18 +171,14 @@ class Conn(asyncio.Protocol):
 
         A paused connection is not pooled: the client left with chunks queued, and its socket is not read.
         """
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         if self.done and self.failure is None and self.keep_alive and not self.paused:
+            self.pool.busy.discard(self)
             self.pool.put(self)
         else:
             self.abort()
 
     def abort(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.pool.busy.discard(self)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
 
@@ -234,12 +217,16 @@ class Reply:
 
 
 class Pool:
-    """Idle connections per (host, port, TLS), most recently used first."""
+    """Idle connections per (host, port, TLS), most recently used first; and the connections carrying a
+    request, watched for silence by one timer (not one per request: a cancelled timer costs uvloop a
+    handle close and the loop an extra poll)."""
 
     def __init__(self, connect_timeout: float = 5.0, read_timeout: float = 600.0) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.idle: dict[Origin, list[Conn]] = {}
+        self.busy: set[Conn] = set()
+        self.watcher: asyncio.TimerHandle | None = None
         self.tls: ssl.SSLContext | None = None  # made on first use: it loads the system's CA store
 
     async def request(
@@ -307,6 +294,29 @@ class Pool:
             raise Unreachable(e.strerror or str(e)) from None
         return conn
 
+    def watch(self, conn: Conn) -> None:
+        """``conn`` sent a request: it fails Silent once nothing arrives for ``read_timeout``."""
+        self.busy.add(conn)
+        if self.watcher is None:  # else it fires no later than this request's deadline
+            self.watcher = conn.loop.call_later(self.read_timeout, self.check_silence, conn.loop)
+
+    def check_silence(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the connections silent for too long; come back at the next deadline while any is busy."""
+        self.watcher = None
+        now, timeout = time.monotonic(), self.read_timeout
+        deadlines = []
+        for conn in list(self.busy):
+            if conn.done:  # the whole answer is in: nothing more is awaited from the engine
+                continue
+            if conn.paused:  # we stopped reading for a slow client: the engine is not the one being silent
+                deadlines.append(now + timeout)
+            elif now - conn.last_active >= timeout:
+                conn.fail(Silent(f"nothing arrived for {timeout:g}s"))
+            else:
+                deadlines.append(conn.last_active + timeout)
+        if deadlines:
+            self.watcher = loop.call_later(min(deadlines) - now, self.check_silence, loop)
+
     def take(self, origin: Origin) -> Conn | None:
         idle = self.idle.get(origin)
         fresh = time.monotonic() - IDLE_MAX_S
@@ -327,6 +337,9 @@ class Pool:
             idle.remove(conn)
 
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+            self.watcher = None
         for idle in self.idle.values():
             for conn in idle:
                 conn.abort()
