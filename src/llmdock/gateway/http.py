@@ -291,9 +291,13 @@ class Connection(asyncio.Protocol):
         self.in_head = False
         # Only for a request answered next: behind a pipelined one, the 100 would land inside its answer
         # (clients send the body anyway after a short wait).
-        if not self.busy and not self.pending and self.transport is not None:
-            if (find_header(self.headers, b"expect") or "").lower() == "100-continue":
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if (
+            not self.busy
+            and not self.pending
+            and self.transport is not None
+            and (find_header(self.headers, b"expect") or "").lower() == "100-continue"
+        ):
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
