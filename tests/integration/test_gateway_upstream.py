@@ -391,7 +391,6 @@ def test_silence_is_judged_per_connection_by_one_timer(run: Run) -> None:
 
     async def main() -> None:
         async with Engine(answer) as engine, pooled(read_timeout=TIMEOUT) as pool:
-            t0 = time.monotonic()
             steady, stops, done = [
                 await within(pool.request("127.0.0.1", engine.port, "GET", path))
                 for path in ("/steady", "/stops", "/done")
@@ -405,10 +404,7 @@ def test_silence_is_judged_per_connection_by_one_timer(run: Run) -> None:
                 while (c := await within(stops.next_chunk())) is not None:
                     got.append(c)
             stops.close()
-            assert got == [b"tick 0", b"tick 1", b"tick 2"]
-            # the last chunk came at about TIMEOUT; the failure a TIMEOUT later (already past, as the
-            # steady stream took 4 × TIMEOUT to read): it was raised when read, not before its deadline
-            assert time.monotonic() - t0 >= 2 * TIMEOUT
+            assert got == [b"tick 0", b"tick 1", b"tick 2"]  # not failed before its last chunk came
             assert not pool.busy
             await until(lambda: pool.watcher is None)  # it fires once more and finds nothing to watch
 

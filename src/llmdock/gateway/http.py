@@ -60,10 +60,6 @@ class Response:
         self.headers = headers  # extra header lines, each ending in \r\n
 
 
-def error_response(e: GatewayError) -> Response:
-    return Response(e.status, e.body())
-
-
 def find_header(raw: list[tuple[bytes, bytes]], name: bytes) -> str | None:
     """The value of header ``name`` (lower-case), repeated ones joined with ", "; None when absent."""
     n, found = len(name), None
@@ -76,7 +72,6 @@ def find_header(raw: list[tuple[bytes, bytes]], name: bytes) -> str | None:
 
 class Request:
     __slots__ = (
-        "_headers",
         "body",
         "conn",
         "keep_alive",
@@ -101,7 +96,6 @@ class Request:
         self.method = method
         self.target = target  # path and query, as sent
         self.raw_headers = raw_headers  # as received; decoded when asked for
-        self._headers: dict[str, str] | None = None
         self.body = body
         self.version = version
         self.keep_alive = keep_alive
@@ -109,21 +103,13 @@ class Request:
 
     def header(self, name: str) -> str | None:
         """One header by its lower-case name, without decoding the others (the hot path's way)."""
-        if self._headers is not None:
-            return self._headers.get(name)
         return find_header(self.raw_headers, name.encode("latin-1"))
 
     @property
     def headers(self) -> dict[str, str]:
         """Every header, by lower-case name; repeated ones joined with ", "."""
-        if self._headers is None:
-            headers: dict[str, str] = {}
-            for k, v in self.raw_headers:
-                key, text = k.decode("latin-1").lower(), v.decode("latin-1")
-                old = headers.get(key)
-                headers[key] = text if old is None else f"{old}, {text}"
-            self._headers = headers
-        return self._headers
+        names = {k.lower() for k, _ in self.raw_headers}
+        return {k.decode("latin-1"): find_header(self.raw_headers, k) or "" for k in names}
 
     @property
     def path(self) -> str:
