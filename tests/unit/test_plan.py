@@ -79,9 +79,11 @@ def test_dry_run_renders_despite_problems() -> None:
     assert p.argv[:2] == ["vllm", "serve"]
 
 
-def test_vllm_needs_gpus() -> None:
+def test_sglang_needs_gpus() -> None:
     with pytest.raises(InvalidSpec, match="needs at least one GPU"):
-        plan(procedure_spec(gpus="none", tensor_parallel_size=None))
+        plan(
+            procedure_spec(engine="sglang", gpus="none", tensor_parallel_size=None, limit_mm_per_prompt=None)
+        )
 
 
 def test_cpu_engine_needs_no_gpu_runtime() -> None:

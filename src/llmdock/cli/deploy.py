@@ -99,6 +99,12 @@ def up(
     ] = None,
     dtype: Annotated[str | None, typer.Option(help="auto | bfloat16 | float16 | float32 ...")] = None,
     kv_cache_dtype: Annotated[str | None, typer.Option(help="auto | fp8 (halves KV cache memory).")] = None,
+    kv_cache_space: Annotated[
+        int | None,
+        typer.Option(
+            help="vLLM on the CPU (--gpus none): GiB of host RAM for the KV cache (default: planned)."
+        ),
+    ] = None,
     limit_mm_per_prompt: Annotated[
         str | None, typer.Option(help='Per-prompt media limits: image=5,video=5 or {"image":5}.')
     ] = None,
@@ -179,6 +185,7 @@ def up(
         max_model_len=max_model_len,
         dtype=dtype,
         kv_cache_dtype=kv_cache_dtype,
+        kv_cache_space=kv_cache_space,
         limit_mm_per_prompt=limit_mm_per_prompt,
         served_model_name=served_model_name,
         env=variables,

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from llmdock.lifecycle import UpResult
+    from llmdock.planning.cpu import CpuFit
     from llmdock.planning.fit import Fit
 
 
@@ -33,6 +34,8 @@ def show_up(result: UpResult, json_out: bool) -> None:
             out.print(f"[dim]note: {escape(note)}[/dim]")
         if plan.fit is not None:
             show_fit(plan.fit)
+        if plan.cpu_fit is not None:
+            show_cpu_fit(plan.cpu_fit)
         out.print("[bold]engine command:[/bold]")
         out.print(escape(shlex.join(plan.argv)))
         if plan.spec.runtime == "local":
@@ -80,3 +83,19 @@ def show_fit(fit: Fit) -> None:
     out.print(table)
     for note in fit.notes:
         out.print(f"[dim]note: {note}[/dim]")
+
+
+def show_cpu_fit(fit: CpuFit) -> None:
+    """The planner's numbers for an engine on the CPU: context, KV budget and host RAM."""
+    from llmdock.cli.render import out
+
+    gib = 2**30
+    out.print(
+        f"[bold]fit:[/bold] CPU, max_model_len {fit.max_model_len}, KV cache {fit.kv_cache_gib} GiB "
+        f"= {fit.kv_tokens:,} tokens = {fit.concurrent_seqs:.1f} full-length sequences at once"
+    )
+    out.print(
+        f"  host RAM: weights {fit.weights / gib:.1f}G + KV cache {fit.kv_cache_gib}G + engine "
+        f"{fit.runtime / gib:.1f}G = {fit.need / gib:.1f}G of {fit.available / gib:.1f}G available "
+        f"({fit.total / gib:.1f}G total)"
+    )

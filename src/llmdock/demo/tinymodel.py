@@ -1,7 +1,7 @@
 """Build a tiny but real chat model offline: Qwen2 architecture, random weights, a trained BPE tokenizer.
 
-It loads with ``transformers`` and serves with ``transformers serve`` like any hub model, in a few
-hundred KB, with no network. The demo and the tests deploy it where a real model would need a GPU.
+It loads with ``transformers`` and serves with ``transformers serve`` and vLLM (CPU) like any hub
+model, in about a megabyte, with no network. The demo and the tests deploy it where a real model would need a GPU.
 """
 
 from __future__ import annotations
@@ -57,10 +57,11 @@ def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config_kwargs: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        # Head size 64: vLLM's CPU attention refuses smaller heads (``head_dim=16`` is unsupported).
+        hidden_size=128,
+        intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
+        num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=512,
         tie_word_embeddings=True,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from llmdock.errors import InvalidSpec
+from llmdock.models.names import as_hub_id
 from llmdock.spec import DeploymentSpec
 
 
@@ -97,6 +98,7 @@ class Engine:
     package: str = ""  # Python distribution whose version selects flag syntax
     health_path: str = "/health"
     uses_gpus: bool = True
+    runs_on_cpu: bool = False  # a GPU engine with a CPU backend (vLLM): `--gpus none` runs it there
     # Whether /v1/models lists a model served from a local path; where it does not, /health alone
     # (answered only once the model is loaded) says ready.
     lists_local_models: bool = True
@@ -120,9 +122,18 @@ class Engine:
                 )
         return extra
 
+    def served_names(self, launch: Launch) -> list[str]:
+        """The model ids the engine serves under, first the one it answers with: the user's
+        ``--served-model-name``, then the deployment name (a replica's group), then the hub model id
+        (``Qwen/Qwen3-8B``) when the model came from a hub. Never the weights path: three deployments
+        of one folder would list three identical ids."""
+        s = launch.spec
+        names = [s.served_model_name, s.group or s.name, as_hub_id(s.model)]
+        return list(dict.fromkeys(n for n in names if n))
+
     def served_name(self, launch: Launch) -> str:
-        """The model id the engine lists under /v1/models (its default is the model path)."""
-        return launch.spec.served_model_name or launch.model_path
+        """The model id the engine answers with (the first of :meth:`served_names`)."""
+        return self.served_names(launch)[0]
 
     def version_probe(self) -> list[str]:
         """A command run once per image to learn the engine version (prints it on stdout)."""

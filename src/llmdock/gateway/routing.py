@@ -1,7 +1,8 @@
 """Which replica serves a request: the route table and least-outstanding-requests choice. Pure.
 
-A *route* is one deployment: the names clients may send as ``model`` (its served name, plus its
-deployment name and model path as aliases) and its replicas. Replicas are the containers that carry the
+A *route* is one deployment: the names clients may send as ``model`` (its deployment name and the
+name its engine serves, plus its own ``--served-model-name`` and hub model id as aliases where no other
+deployment shares them) and its replicas. Replicas are the containers that carry the
 deployment's name label, each with its own port. The table is rebuilt from the runtime's listing every
 second; :meth:`RouteTable.rebuild` keeps route and replica objects (and their outstanding counts) across rebuilds.
 
@@ -153,11 +154,15 @@ class RouteTable:
             replicas[t.deployment].append(replica)
         for name, route in routes.items():
             route.replicas = replicas[name]
-        by_model: dict[str, Route] = {}
+        alias_claims: dict[str, list[Route]] = {}
         for route in routes.values():
             route.policy = policies.get(route.name, Policy())
             for alias in route.aliases:
-                by_model.setdefault(alias, route)
+                alias_claims.setdefault(alias, []).append(route)
+        # An alias two deployments share (one hub model deployed twice) names neither: call them by name.
+        by_model = {alias: rs[0] for alias, rs in alias_claims.items() if len(rs) == 1}
+        for route in routes.values():
+            by_model.setdefault(route.name, route)
         claims: dict[str, list[Route]] = {}
         for route in routes.values():  # served names win over aliases
             by_model[route.served_name] = route

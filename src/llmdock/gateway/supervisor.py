@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -28,6 +27,7 @@ import aiohttp
 from llmdock.gateway.metrics import Metrics
 from llmdock.gateway.routing import Policy, Replica, Route, RouteTable, Target, pick
 from llmdock.gateway.wire import NoReplica
+from llmdock.models.names import as_hub_id
 
 log = logging.getLogger("llmdock.gateway")
 T = TypeVar("T")
@@ -106,7 +106,9 @@ class DockerSource:
         for d in self.runtime.deployments():
             if d.port is None:
                 continue
-            aliases = tuple(a for a in (d.group, d.model, PurePosixPath(d.model).name) if a)
+            # Clients call a deployment by its name; its own --served-model-name and its hub model id are
+            # aliases (the route table drops an alias two deployments share). Never the weights path.
+            aliases = tuple(a for a in (d.group, d.spec.get("served_model_name"), as_hub_id(d.model)) if a)
             out.append(
                 Target(
                     deployment=d.group or d.name,  # replicas share their group's route

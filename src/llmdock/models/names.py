@@ -137,3 +137,8 @@ def check_hub_path(path: str) -> str:
 def looks_like_path(text: str) -> bool:
     """Whether a model reference is meant as a local directory rather than a hub ID."""
     return text.startswith(("/", "./", "../", "~")) or text in (".", "..")
+
+
+def as_hub_id(model: str) -> str | None:
+    """``model`` when it reads as a hub ID (``Qwen/Qwen3-8B``), None for a folder. Pure: looks at no disk."""
+    return model if model.count("/") == 1 and not looks_like_path(model) else None

@@ -33,4 +33,6 @@ class Inventory:
     ephemeral_ports: tuple[int, int] = (32768, 60999)
     holdings: tuple[Holding, ...] = ()
     gpu_runtime: bool = False
+    memory_total_bytes: int = 0  # host RAM, for engines on the CPU (0: unknown)
+    memory_available_bytes: int = 0
     notes: tuple[str, ...] = field(default=())

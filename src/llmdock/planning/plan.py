@@ -7,6 +7,7 @@ the user still sees the full command line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -29,12 +30,13 @@ from llmdock.spec import DeploymentSpec
 
 if TYPE_CHECKING:
     from llmdock.modelfacts import ModelFacts
+    from llmdock.planning.cpu import CpuFit
     from llmdock.planning.fit import Fit
 
 # Problems about this host as it is now (the image not pulled, GPUs busy or absent, a port taken):
 # a dry run on a laptop or for --assume-gpus meets them without the request being wrong.
 HOST_STATE = (ImageMissing, RuntimeUnavailable, GpuUnavailable, PortTaken, EnvMissing)
-DEFAULT_UTILIZATION = 0.9  # vLLM's default
+DEFAULT_UTILIZATION = 0.9  # what the planner assumes; always passed (vLLM's own default moved to 0.92)
 MOUNT_ROOT = "/work"  # where the procedure mounted weights; kept so paths look familiar
 DEFAULT_ENV = {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "VLLM_NO_USAGE_STATS": "1"}
 
@@ -54,6 +56,11 @@ class Plan:
     notes: tuple[str, ...] = field(default=())  # worth knowing, refuses nothing
     blocking: tuple[str, ...] = field(default=())  # the problems no other host would fix (does not fit…)
     fit: Fit | None = None
+    cpu_fit: CpuFit | None = None  # an engine on its CPU backend (vLLM --gpus none): host RAM
+
+    @property
+    def device(self) -> str:
+        return "cpu" if not self.gpus else "gpu"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,7 +77,8 @@ class Plan:
             "problems": list(self.problems),
             "notes": list(self.notes),
             "blocking": list(self.blocking),
-            "fit": self.fit.to_dict() if self.fit else None,
+            "device": self.device,
+            "fit": self.fit.to_dict() if self.fit else self.cpu_fit.to_dict() if self.cpu_fit else None,
         }
 
 
@@ -120,14 +128,38 @@ def make_plan(
         check(e)
         stand_in = tuple(range(max(spec.tensor_parallel_size or 1, request.count or 1)))
         gpus = (request.indices or stand_in) if request.kind != "none" else ()
-    if engine.uses_gpus and not gpus:
+    on_cpu = engine.uses_gpus and request.kind == "none"  # a GPU engine on its CPU backend
+    if engine.uses_gpus and not gpus and not (on_cpu and engine.runs_on_cpu):
         check(
             InvalidSpec(
-                f"the {engine.name} engine needs at least one GPU", "use --gpus, or --engine transformers"
+                f"the {engine.name} engine needs at least one GPU",
+                "use --gpus, or run on the CPU with --gpus none (--engine vllm or transformers)",
+            )
+        )
+    if spec.kv_cache_space is not None and not on_cpu:
+        check(
+            InvalidSpec(
+                "--kv-cache-space sizes the KV cache of vLLM on the CPU (--gpus none)",
+                "on GPUs use --gpu-memory-utilization and --max-model-len instead",
             )
         )
     tp = spec.tensor_parallel_size
     max_len, util, fitted = spec.max_model_len, spec.gpu_memory_utilization, None
+    cpu_fit, device_env = None, {}
+    if on_cpu and engine.runs_on_cpu:
+        from llmdock.engines.cpu import cpu_env
+
+        cpu_fit = _fit_cpu(spec, facts, inv, check)
+        if cpu_fit is not None:
+            max_len = cpu_fit.max_model_len
+        device_env = cpu_env(cpu_fit.kv_cache_gib if cpu_fit else spec.kv_cache_space or 1)
+        if util is not None:
+            check(
+                InvalidSpec(
+                    "--gpu-memory-utilization has no GPU to apply to with --gpus none",
+                    "size the KV cache in host RAM with --kv-cache-space GiB instead",
+                )
+            )
     if facts is not None and engine.uses_gpus and gpus and inv.gpus:
         from llmdock.planning.fit import fit
 
@@ -147,8 +179,10 @@ def make_plan(
             check(e)
         else:
             gpus, tp, max_len = fitted.gpus, fitted.tp, fitted.max_model_len
-            if util is None and fitted.gpu_memory_utilization != DEFAULT_UTILIZATION:
-                util = fitted.gpu_memory_utilization  # lowered: other processes use part of a GPU
+            if util is None:
+                util = fitted.gpu_memory_utilization  # lowered where other processes use part of a GPU
+    if util is None and engine.uses_gpus and gpus:
+        util = DEFAULT_UTILIZATION  # the fraction the plan assumed, passed even where it is the default
     if request.kind == "auto" and fitted is None:
         gpus = gpus[: tp or 1]  # without model facts: one GPU, or one per TP rank
     if tp is None and engine.uses_gpus and len(gpus) > 1:
@@ -211,7 +245,7 @@ def make_plan(
         ports={port: port} if spec.network == "bridge" else {},
         publish_host="0.0.0.0" if spec.expose else "127.0.0.1",
         mounts=() if local else (Mount(model_dir, model_path, read_only=True),),
-        env={**DEFAULT_ENV, **spec.env},
+        env={**DEFAULT_ENV, **device_env, **spec.env},
     )
     return Plan(
         spec=spec,
@@ -226,4 +260,29 @@ def make_plan(
         problems=tuple(problems),
         blocking=tuple(blocking),
         fit=fitted,
+        cpu_fit=cpu_fit,
     )
+
+
+def _fit_cpu(
+    spec: DeploymentSpec, facts: ModelFacts | None, inv: Inventory, check: Callable[[LlmdockError], None]
+) -> CpuFit | None:
+    """Host RAM for an engine on the CPU; None without model facts (the engine then sizes nothing
+    but the KV budget it is given) or when the model does not fit (``check`` has the reason)."""
+    from llmdock.planning.cpu import fit_cpu
+
+    if facts is None:
+        return None
+    try:
+        return fit_cpu(
+            facts,
+            total_bytes=inv.memory_total_bytes,
+            available_bytes=inv.memory_available_bytes,
+            max_model_len=spec.max_model_len,
+            kv_cache_gib=spec.kv_cache_space,
+            dtype=spec.dtype,
+            kv_cache_dtype=spec.kv_cache_dtype,
+        )
+    except LlmdockError as e:
+        check(e)
+        return None
