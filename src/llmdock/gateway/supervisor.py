@@ -108,10 +108,12 @@ class DockerSource:
                 continue
             # Clients call a deployment by its name; its own --served-model-name and its hub model id are
             # aliases (the route table drops an alias two deployments share). Never the weights path.
-            aliases = tuple(a for a in (d.group, d.spec.get("served_model_name"), as_hub_id(d.model)) if a)
+            route = d.group or d.name  # replicas share their group's route
+            names = (d.spec.get("served_model_name"), as_hub_id(d.model))
+            aliases = tuple(dict.fromkeys(a for a in names if a and a != route))
             out.append(
                 Target(
-                    deployment=d.group or d.name,  # replicas share their group's route
+                    deployment=route,
                     served_name=d.served_name or d.name,
                     base_url=f"http://127.0.0.1:{d.port}",
                     key=d.id or f"{d.name}:{d.port}",
