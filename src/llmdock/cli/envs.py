@@ -42,7 +42,6 @@ def create(
     from rich.markup import escape
 
     from llmdock.cli.render import err, out
-
     from llmdock.gpuinfo import detect_gpus
 
     manager = envs(micromamba)
