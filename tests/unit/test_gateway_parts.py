@@ -356,11 +356,11 @@ def test_docker_source_names_routes_by_deployment_never_by_weights_folder() -> N
                 dep("q", "Qwen/Qwen3-8B"),
             ]
 
-    targets = {t.deployment: t for t in DockerSource(Listing()).targets()}
-    assert targets["tq-int"].aliases == () and targets["q"].aliases == ("Qwen/Qwen3-8B",)
+    table = RouteTable()
+    table.rebuild(DockerSource(Listing()).targets(), {})
+    assert table.routes["tq-int"].aliases == () and table.routes["q"].aliases == ("Qwen/Qwen3-8B",)
+    assert table.lookup("tiny-qwen") is None and table.lookup("/data/tiny-qwen") is None
     key = KeyRecord("team", "h", models=("tiny-qwen",))
-    assert not any(key.allows((t.served_name, t.deployment, *t.aliases)) for t in targets.values())
+    assert not any(key.allows(r.names) for r in table.routes.values())
     scoped = KeyRecord("team", "h", models=("tq-int",))
-    assert [
-        t.deployment for t in targets.values() if scoped.allows((t.served_name, t.deployment, *t.aliases))
-    ] == ["tq-int"]
+    assert [r.name for r in table.routes.values() if scoped.allows(r.names)] == ["tq-int"]

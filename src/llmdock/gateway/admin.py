@@ -164,7 +164,7 @@ class Admin:
 
     def model(self, r: Any) -> dict[str, Any]:
         return {
-            "id": r.served_name,
+            "id": r.name,
             "deployment": r.name,
             "aliases": list(r.aliases),
             "ready": r.ready,

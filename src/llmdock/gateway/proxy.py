@@ -86,7 +86,7 @@ Hold = Callable[[Route], Awaitable[Replica]]
 def model_object(r: Route) -> dict[str, Any]:
     """A route as an OpenAI model object, with llmdock's view of it under ``llmdock``."""
     return {
-        "id": r.served_name,
+        "id": r.name,
         "object": "model",
         "created": 0,
         "owned_by": "llmdock",
@@ -152,7 +152,7 @@ class Proxy:
                     param="model",
                 )
             model = route.served_name
-            self.auth.authorize(record, payload["model"], (route.served_name, route.name, *route.aliases))
+            self.auth.authorize(record, payload["model"], route.names)
             stream = payload.get("stream") is True
             body = request.body
             injected = rewrite = False
@@ -179,7 +179,7 @@ class Proxy:
         data = [
             model_object(r)
             for r in self.table.servable()
-            if record.allows((r.served_name, r.name, *r.aliases))
+            if record.allows(r.names)
         ]
         return json_response({"object": "list", "data": data})
 
@@ -189,7 +189,7 @@ class Proxy:
         if (
             route is None
             or route not in self.table.servable()
-            or not record.allows((route.served_name, route.name, *route.aliases))
+            or not record.allows(route.names)
         ):
             raise ModelNotFound(f"the model {name!r} does not exist; list models with GET /v1/models")
         return json_response(model_object(route))
@@ -206,7 +206,7 @@ class Proxy:
         route.last_used = time.monotonic()
         route.outstanding += 1
         in_flight = self.metrics.in_flight
-        in_flight[(route.served_name,)] += 1
+        in_flight[(route.name,)] += 1
         meter = UsageMeter()
         ttft: float | None = None
         status = 0  # stays 0 when a GatewayError is raised: handle() accounts for those
@@ -230,7 +230,7 @@ class Proxy:
                     raise
                 if broken:
                     status = 502
-                    self.metrics.errors[(route.served_name, record.name, broken)] += 1
+                    self.metrics.errors[(route.name, record.name, broken)] += 1
                 return out
             except UpstreamError as e:
                 status = 0
@@ -241,22 +241,22 @@ class Proxy:
         finally:
             route.outstanding -= 1
             route.last_used = time.monotonic()
-            in_flight[(route.served_name,)] -= 1
+            in_flight[(route.name,)] -= 1
             if status:
                 self.record(route, record, status, t0, ttft, meter)
 
     def failure(self, route: Route, e: UpstreamError) -> GatewayError:
         if isinstance(e, Silent):
             return UpstreamTimeout(
-                f"the replica of {route.served_name!r} did not answer within {self.config.upstream_timeout:g}s"
+                f"the replica of {route.name!r} did not answer within {self.config.upstream_timeout:g}s"
             )
-        return UpstreamFailed(f"the replica of {route.served_name!r} failed: {e}")
+        return UpstreamFailed(f"the replica of {route.name!r} failed: {e}")
 
     def record(
         self, route: Route, record: KeyRecord, status: int, t0: float, ttft: float | None, meter: UsageMeter
     ) -> None:
         self.metrics.done(
-            route.served_name,
+            route.name,
             record.name,
             status,
             perf_counter() - t0,
@@ -265,7 +265,7 @@ class Proxy:
             meter.completion_tokens,
         )
         self.usage.add(
-            record.name, route.served_name, status >= 400, meter.prompt_tokens, meter.completion_tokens
+            record.name, route.name, status >= 400, meter.prompt_tokens, meter.completion_tokens
         )
 
     async def connect(self, request: Request, route: Route, body: bytes) -> tuple[Reply, Replica]:
@@ -276,7 +276,7 @@ class Proxy:
             if replica is None:
                 if tried or self.hold is None:
                     raise NoReplica(
-                        f"no ready replica serves {route.served_name!r}"
+                        f"no ready replica serves {route.name!r}"
                         + (" (every replica refused the connection)" if tried else ""),
                     )
                 replica = await self.hold(route)
@@ -290,7 +290,7 @@ class Proxy:
                 replica.outstanding -= 1
                 replica.healthy = False  # the health loop brings it back
                 tried.add(id(replica))
-                self.metrics.retries[(route.served_name,)] += 1
+                self.metrics.retries[(route.name,)] += 1
                 continue
             except UpstreamError as e:
                 replica.outstanding -= 1

@@ -92,6 +92,12 @@ class Route:
     outstanding: int = 0
 
     @property
+    def names(self) -> tuple[str, ...]:
+        """What a key's model list is matched against: the deployment name and its aliases (never
+        the engine's served name, which for some engines is a weights path several deployments share)."""
+        return (self.name, *self.aliases)
+
+    @property
     def ready(self) -> bool:
         return any(r.usable for r in self.replicas)
 

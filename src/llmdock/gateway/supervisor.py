@@ -307,9 +307,9 @@ class Supervisor:
         """Wait for a ready replica of ``route``, starting it when it is on-demand and stopped."""
         name = route.name
         if not route.policy.on_demand:
-            raise NoReplica(f"no ready replica serves {route.served_name!r}; see `llmdock ps`")
+            raise NoReplica(f"no ready replica serves {route.name!r}; see `llmdock ps`")
         if self.waiting.get(name, 0) >= self.config.queue_max:
-            raise NoReplica(f"{route.served_name!r} is starting and its queue is full; retry shortly")
+            raise NoReplica(f"{route.name!r} is starting and its queue is full; retry shortly")
         self.waiting[name] = self.waiting.get(name, 0) + 1
         deadline = time.monotonic() + self.config.hold_timeout_s
         try:
@@ -324,7 +324,7 @@ class Supervisor:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise NoReplica(
-                        f"{route.served_name!r} did not become ready within {self.config.hold_timeout_s:g}s"
+                        f"{route.name!r} did not become ready within {self.config.hold_timeout_s:g}s"
                     )
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.tick.wait(), remaining)
