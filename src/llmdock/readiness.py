@@ -23,6 +23,9 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 POLL_S = 0.1
 PHASE_EVERY_S = 1.0
 LOG_TAIL = 40
+# vLLM prints a failing worker's root cause, then the engine core's and the API server's tracebacks:
+# the line that names the cause can sit a couple of hundred lines above the end.
+DIAGNOSE_TAIL = 400
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,17 @@ def current_phase(lines: list[str], engine: Engine) -> str | None:
             if phase.pattern.search(line):
                 return phase.label
     return None
+
+
+def phases_seen(lines: list[str], engine: Engine) -> list[str]:
+    """Every phase label in ``lines``, in the order each first appears: a poll once a second still
+    reports phases that came and went between two polls (vLLM loads tiny weights in milliseconds)."""
+    seen: dict[str, None] = {}
+    for line in lines:
+        label = current_phase([line], engine)
+        if label is not None:
+            seen.setdefault(label)
+    return list(seen)
 
 
 def probe(port: int, health_path: str, served_name: str | None, timeout: float = 2.0) -> bool:
@@ -84,6 +98,7 @@ def wait_ready(
     read_tail = tail or (lambda n, k: list(runtime.logs(n, tail=k)))
     last_phase_check = 0.0
     phase: str | None = None
+    reported: set[str] = set()
     while True:
         dep = runtime.get(name)
         if dep is None:
@@ -92,7 +107,7 @@ def wait_ready(
             )
         restarts = dep.restart_count if restarts is None else restarts
         if dep.state in ("exited", "dead", "restarting") or dep.restart_count > restarts:
-            raise failed(dep, read_tail(name, LOG_TAIL), engine)
+            raise failed(dep, read_tail(name, DIAGNOSE_TAIL), engine)
         listed = dep.served_name if engine.lists_local_models else None
         if dep.port is not None and probe(dep.port, dep.health_path, listed):
             return time.monotonic() - start
@@ -105,10 +120,11 @@ def wait_ready(
             )
         if on_phase is not None and now - last_phase_check >= PHASE_EVERY_S:
             last_phase_check = now
-            seen = current_phase(read_tail(name, LOG_TAIL), engine)
-            if seen and seen != phase:
-                phase = seen
-                on_phase(seen)
+            for seen in phases_seen(read_tail(name, DIAGNOSE_TAIL), engine):
+                if seen not in reported:
+                    reported.add(seen)
+                    phase = seen
+                    on_phase(seen)
         time.sleep(POLL_S)
 
 
@@ -116,9 +132,9 @@ def failed(dep: Deployment, lines: list[str], engine: Engine) -> EngineFailed:
     diag = diagnose(lines, engine, dep)
     how = f"exited with code {dep.exit_code}" if dep.exit_code is not None else f"crashed ({dep.state})"
     if diag:
-        return EngineFailed(f"{dep.name!r} {how}: {diag.cause} — {diag.line!r}", diag.fix, lines)
+        return EngineFailed(f"{dep.name!r} {how}: {diag.cause} — {diag.line!r}", diag.fix, lines[-LOG_TAIL:])
     return EngineFailed(
         f"{dep.name!r} {how} before it became ready",
         f"read the log above (`llmdock logs {dep.name}`), fix the cause, then `llmdock rm {dep.name}` and retry",
-        lines,
+        lines[-LOG_TAIL:],
     )

