@@ -69,6 +69,20 @@ def detect_gpus() -> tuple[Gpu, ...]:
     return detect()[0]
 
 
+def assume_version(engine: str, image: str, *, probed: bool) -> tuple[str | None, str]:
+    """The engine version to render flags for when the image could not tell, and a note that says so:
+    from the image's tag or llmdock's table of known images, else the newest release llmdock claims."""
+    from llmdock.engines.versions import CLAIMED, assumed_version
+
+    why = "the version probe of the image printed no version" if probed else "not probed in a dry run"
+    then = "" if probed else "; `up` probes the image"
+    found = assumed_version(engine, image)
+    if found is not None:
+        return found[0], f"{engine} version {why}: assumed {found[0]} ({found[1]}){then}"
+    newest = CLAIMED.get(engine, (None,))[-1]
+    return newest, f"{engine} version {why}: assumed the newest ({newest or 'flags of today'}){then}"
+
+
 class Lifecycle:
     """``up``/``stop``/``rm``… over one runtime, or several by name (``{"local": …, "docker": …}``,
     members may be factories so Docker is connected only when a command needs it). A single runtime
@@ -177,8 +191,9 @@ class Lifecycle:
         image = spec.engine_env if spec.runtime == "local" and spec.engine_env else spec.image or ""
         version, present = self.engine_version(image, spec.engine, spec.runtime, probe=strict)
         notes = [weights.note] if weights.note else []
-        if not strict and present and version is None:
-            notes.append("engine version not probed in a dry run: flags use the newest syntax")
+        if version is None:
+            version, note = assume_version(spec.engine, image, probed=strict and present)
+            notes.append(note)
         plan = make_plan(
             spec,
             self.inventory(exclude_port=exclude_port, assume_gpus=assume_gpus, runtime=spec.runtime),

@@ -56,6 +56,8 @@ def show_up(result: UpResult, json_out: bool) -> None:
         name = result.members[0].plan.spec.group or name
     ready = f", ready in {result.ready_after_s:.1f}s" if result.ready_after_s is not None else ""
     out.print(f"[green]✓[/green] {name} {verb[result.action]}{ready}")
+    for note in plan.notes:
+        out.print(f"[dim]note: {escape(note)}[/dim]")
     out.print(f"  endpoint  {result.url}   model {escape(plan.served_name)}")
     out.print(f"  logs      llmdock logs -f {name}")
     out.print(f"  stop      llmdock stop {name}   (remove: llmdock rm -f {name})")
