@@ -123,6 +123,7 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
 
 CHANGED: dict[str, tuple[Change, ...]] = {
     "vllm": (
+        Change("--task", _NEVER, "this vLLM has no --task (0.6.4 added it); drop it", until=(0, 6, 4)),
         # --task: deprecated in 0.10.1 (for --runner/--convert, added then), gone from 0.13.0.
         Change(
             "--task",
