@@ -176,21 +176,13 @@ class Proxy:
             return error_response(e)
 
     def models(self, record: KeyRecord) -> Response:
-        data = [
-            model_object(r)
-            for r in self.table.servable()
-            if record.allows(r.names)
-        ]
+        data = [model_object(r) for r in self.table.servable() if record.allows(r.names)]
         return json_response({"object": "list", "data": data})
 
     def model(self, record: KeyRecord, name: str) -> Response:
         """One model by its served name or an alias; 404 also when this key may not use it."""
         route = self.table.lookup(name)
-        if (
-            route is None
-            or route not in self.table.servable()
-            or not record.allows(route.names)
-        ):
+        if route is None or route not in self.table.servable() or not record.allows(route.names):
             raise ModelNotFound(f"the model {name!r} does not exist; list models with GET /v1/models")
         return json_response(model_object(route))
 
@@ -264,9 +256,7 @@ class Proxy:
             meter.prompt_tokens,
             meter.completion_tokens,
         )
-        self.usage.add(
-            record.name, route.name, status >= 400, meter.prompt_tokens, meter.completion_tokens
-        )
+        self.usage.add(record.name, route.name, status >= 400, meter.prompt_tokens, meter.completion_tokens)
 
     async def connect(self, request: Request, route: Route, body: bytes) -> tuple[Reply, Replica]:
         """Send to the least busy usable replica; on a refused connection try the next one."""
