@@ -286,9 +286,12 @@ def main() -> int:
             return 3
         raise
     dests: list[str] = request["dests"]
-    options = {d: [s for a in actions._actions if a.dest == d for s in a.option_strings] for d in dests}
+    # What argparse matches on: hidden option strings (vLLM 0.33+ keeps --no-enable-x out of
+    # option_strings, for help) are registered there too.
+    registered = actions._option_string_actions
+    options = {d: sorted(s for s, a in registered.items() if a.dest == d) for d in dests}
     defaults = {d: jsonable(actions.get_default(d)) for d in dests}
-    every = sorted(s for a in actions._actions for s in a.option_strings)
+    every = sorted(registered)
     results = [parse(parser, argv[skip:], dests) for argv in request["argvs"]]
     print(json.dumps({"options": options, "defaults": defaults, "all_options": every, "results": results}))
     return 0

@@ -107,7 +107,7 @@ def test_aliases_and_abbreviations_after_dashes_are_refused(
     ("version", "flag", "hint"),
     [
         ("0.17.0", "--disable-log-requests", "off by default there; drop it"),
-        ("0.34.0", "--disable-log-requests", "off by default there; drop it"),
+        ("0.32.0", "--disable-log-requests", "off by default there; drop it"),
         ("0.7.2", "--enable-log-requests", "logs requests by default"),
         ("0.13.0", "--task", "--runner"),
         ("0.34.0", "--task=embed", "--runner"),
@@ -133,6 +133,7 @@ def test_flags_a_release_lacks_are_refused_with_what_to_do(version: str, flag: s
         ("0.8.5", "--task"),
         ("0.12.0", "--task"),
         ("0.34.0", "--runner"),
+        ("0.34.0", "--disable-log-requests"),  # 0.33 pairs --enable-x with --disable-x again
     ],
 )
 def test_flags_a_release_has_pass_through(version: str, flag: str) -> None:

@@ -132,8 +132,14 @@ CHANGED: dict[str, tuple[Change, ...]] = {
             "or --convert (embed|classify|...)",
         ),
         # 0.10.1 made request logging opt-in: --enable-log-requests added, --disable-log-requests
-        # deprecated; 0.17.0 removed --disable-log-requests.
-        Change("--disable-log-requests", (0, 17), "request logging is off by default there; drop it"),
+        # deprecated; 0.17.0 removed --disable-log-requests. 0.33.0 pairs every --enable-x flag with a
+        # --disable-x (EnableDisableAction in vllm/utils/argparse_utils.py), so it parses again there.
+        Change(
+            "--disable-log-requests",
+            (0, 17),
+            "request logging is off by default there; drop it",
+            until=(0, 33),
+        ),
         Change(
             "--enable-log-requests",
             _NEVER,
@@ -179,7 +185,7 @@ KNOWN_IMAGES: dict[str, tuple[str, str, str]] = {
     "qwenllm/qwenvl:2.5-cu121": ("vllm", "0.6.3", "the Qwen2.5-VL image ships a vLLM older than 0.7.2"),
 }
 _TAGGED_IMAGES: dict[str, tuple[str, ...]] = {
-    "vllm": ("vllm/vllm-openai", "vllm/vllm-openai-cpu", "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo"),
+    "vllm": ("vllm/vllm-openai",),
     "sglang": ("lmsysorg/sglang",),
 }
 
