@@ -53,7 +53,7 @@ KEYS: dict[str, Key] = {
             "docker_host", "LLMDOCK_DOCKER_HOST", "", "Docker daemon URL (default: DOCKER_HOST or the socket)"
         ),
         Key(
-            "image.vllm", "LLMDOCK_IMAGE_VLLM", "vllm/vllm-openai:v0.33.0", "default image for --engine vllm"
+            "image.vllm", "LLMDOCK_IMAGE_VLLM", "vllm/vllm-openai:v0.34.0", "default image for --engine vllm"
         ),
         Key(
             "image.vllm-cpu",

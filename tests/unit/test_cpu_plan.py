@@ -135,3 +135,23 @@ def test_gpu_plans_always_pass_the_fraction_they_assumed() -> None:
         port_range=(8001, 8999),
     )
     assert p.argv[p.argv.index("--gpu-memory-utilization") + 1] == "0.9"
+
+
+@pytest.mark.parametrize(("gib", "want"), [(80, "0.736"), (24, None)])
+def test_sglang_fraction_is_sized_by_the_assigned_gpus_memory(gib: int, want: str | None) -> None:
+    from llmdock.gpuinfo import parse_assume_gpus
+
+    spec = DeploymentSpec.create("/m/x", engine="sglang", gpus="all")
+    inv = Inventory(gpus=parse_assume_gpus(f"1x{gib}GiB"), gpu_runtime=True)
+    p = make_plan(spec, inv, model_dir="/m/x", image="i", port_range=(8001, 8999), engine_version="0.5.4")
+    fraction = p.argv[p.argv.index("--mem-fraction-static") + 1]
+    unknown = make_plan(
+        spec,
+        Inventory(gpus=(inv.gpus[0].__class__(0),), gpu_runtime=True),
+        model_dir="/m/x",
+        image="i",
+        port_range=(8001, 8999),
+        engine_version="0.5.4",
+    )
+    assert unknown.argv[unknown.argv.index("--mem-fraction-static") + 1] == "0.78"  # SGLang's own fallback
+    assert float(fraction) < 0.9 and (want is None or fraction == want)

@@ -27,6 +27,7 @@ class Launch:
     max_model_len: int | None = None  # from the spec, or chosen by the planner
     gpu_memory_utilization: float | None = None
     kv_cache_dtype: str | None = None
+    gpu_memory_mib: int | None = None  # total memory of each assigned GPU (SGLang sizes its reserve by it)
 
 
 @dataclass(frozen=True)

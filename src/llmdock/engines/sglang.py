@@ -85,7 +85,7 @@ class Sglang(Engine):
         if launch.tensor_parallel_size:
             argv += ["--tp-size", str(launch.tensor_parallel_size)]
         if launch.gpu_memory_utilization is not None:
-            gpu_mib: int | None = getattr(launch, "gpu_memory_mib", None)
+            gpu_mib = launch.gpu_memory_mib
             fraction = memory_fraction(
                 launch.gpu_memory_utilization, gpu_mib, launch.tensor_parallel_size or 1
             )

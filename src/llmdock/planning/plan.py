@@ -216,6 +216,9 @@ def make_plan(
         max_model_len=max_len,
         gpu_memory_utilization=util,
         kv_cache_dtype=spec.kv_cache_dtype,
+        gpu_memory_mib=min(
+            (g.total_bytes >> 20 for g in inv.gpus if g.index in gpus and g.total_bytes), default=None
+        ),
     )
     argv = engine.argv(launch)
     served = engine.served_name(launch)
