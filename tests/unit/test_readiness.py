@@ -75,6 +75,11 @@ from tests.support.memruntime import MemoryRuntime
             "vllm",
             "needs g++",
         ),
+        (
+            "RuntimeError: Worker failed with error '0 active drivers ([]). There should only be one.'",
+            "vllm",
+            "Triton",
+        ),
     ],
 )
 def test_diagnose_known_failures(line: str, engine: str, cause: str) -> None:

@@ -37,14 +37,18 @@ VENV = "/opt/engine"
 PATH = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _has_image(client: Any, tag: str) -> bool:
+RECIPE_LABEL = "io.llmdock.recipe"
+
+
+def _has_image(client: Any, tag: str, recipe: str | None = None) -> bool:
+    """Whether ``tag`` exists here (and, given ``recipe``, was built from that recipe)."""
     import docker
 
     try:
-        client.images.get(tag)
+        image = client.images.get(tag)
     except docker.errors.ImageNotFound:
         return False
-    return True
+    return recipe is None or (image.labels or {}).get(RECIPE_LABEL) == recipe
 
 
 def ensure_base(client: Any, log: Callable[[str], None] = print) -> str:
@@ -84,6 +88,13 @@ class Recipe:
     after: tuple[tuple[str, ...], ...] = ()
     debs: tuple[str, ...] = ()  # Debian packages the engine needs (libnuma; g++ for torch.compile)
 
+    @property
+    def digest(self) -> str:
+        """Labels the image: a changed recipe rebuilds an image of the same tag."""
+        import hashlib
+
+        return hashlib.sha256(repr((self.requirements, self.after, self.debs)).encode()).hexdigest()[:16]
+
 
 def recipes() -> dict[str, Recipe]:
     from llmdock.engines.cpu import fixups
@@ -100,10 +111,11 @@ def recipes() -> dict[str, Recipe]:
 
 
 def ensure_engine_image(client: Any, tag: str = ENGINE_TAG, log: Callable[[str], None] = print) -> str:
-    """Return ``tag``, building it first when this Docker host lacks it (``tag`` one of :func:`recipes`)."""
-    if _has_image(client, tag):
-        return tag
+    """Return ``tag``, building it first when this Docker host lacks it or has it from an older
+    recipe (``tag`` one of :func:`recipes`)."""
     recipe = recipes()[tag]
+    if _has_image(client, tag, recipe.digest):
+        return tag
     base = ensure_base(client, log)
     log(f"building {tag}: {' + '.join(recipe.requirements)} ({recipe.estimate})")
     from docker.types import Mount
@@ -141,7 +153,11 @@ def ensure_engine_image(client: Any, tag: str = ENGINE_TAG, log: Callable[[str],
                     f"building {tag} failed at {' '.join(argv)}: {tail}", "check access to PyPI"
                 )
         repo, version = tag.rsplit(":", 1)
-        container.commit(repository=repo, tag=version, changes=[f"ENV PATH={PATH}", 'CMD ["python3"]'])
+        container.commit(
+            repository=repo,
+            tag=version,
+            changes=[f"ENV PATH={PATH}", 'CMD ["python3"]', f"LABEL {RECIPE_LABEL}={recipe.digest}"],
+        )
     finally:
         container.remove(force=True)
     return tag

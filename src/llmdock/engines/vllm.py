@@ -71,6 +71,11 @@ class Vllm(Engine):
             "install libnuma1 there (`apt-get install libnuma1`), or use the image scripts/ci-setup builds",
         ),
         (
+            r"\d+ active drivers \(\[\]\)\. There should only be one",
+            "vLLM on the CPU called Triton, whose PyPI build has no CPU backend",
+            "uninstall triton from the engine environment (`pip uninstall triton`; `llmdock env create` does)",
+        ),
+        (
             r"No working C\+\+ compiler found",
             "vLLM on the CPU compiles its model with torch.compile, which needs g++ in the image",
             "use an image with g++ and python3-dev (the one scripts/ci-setup builds), or pass `-- --enforce-eager`",
