@@ -149,6 +149,10 @@ def test_the_gateway_in_front_counts_vllms_usage_and_reads_its_metrics(
     assert row["requests"] == 2 and row["completion_tokens"] == 5 + 7
     assert row["prompt_tokens"] == 2 * reply.usage.prompt_tokens
     assert f'model="{deployed.name}"' in metrics
+    replica = f'{{deployment="{deployed.name}",replica="http://127.0.0.1:{deployed.port}"}}'
+    for series in ("llmdock_engine_kv_cache_usage", "llmdock_engine_requests_running"):
+        assert series + replica in metrics  # read from vLLM's own /metrics
+    assert "llmdock_engine_scrape_failed 0" in metrics
     engine_metrics = httpx.get(f"http://127.0.0.1:{deployed.port}/metrics").text
     for name in ("vllm:num_requests_running", "vllm:kv_cache_usage_perc", "vllm:prefix_cache_hits_total"):
         assert metric_name("vllm", "0.32.0", name) + "{" in engine_metrics  # the version table's names

@@ -43,6 +43,7 @@ from llmdock.state import Store
 log = logging.getLogger("llmdock.gateway")
 FLUSH_S = 1.0
 KEYS_RELOAD_S = 2.0
+ENGINE_SCRAPE_TIMEOUT_S = 1.0  # a replica slower than this to answer its /metrics is left out of one scrape
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,12 @@ class Gateway:
                     self.auth.check(request.header("authorization"))
                 except GatewayError as e:
                     return error_response(e)
-            return Response(200, self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+            from llmdock.gateway.engine_metrics import collect
+
+            assert self.session is not None
+            engines = await collect(self.session, self.table.routes.values(), ENGINE_SCRAPE_TIMEOUT_S)
+            body = (self.metrics.render() + engines).encode()
+            return Response(200, body, "text/plain; version=0.0.4; charset=utf-8")
         if path == "/health":
             return json_response({"status": "ok", "models": len(self.table.routes)})
         if path.startswith("/admin/") or path == "/openapi.json":

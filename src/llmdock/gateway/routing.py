@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+STATIC_KEY = "static:"  # the key prefix of targets given with `serve --route` (engines llmdock did not start)
+
 
 @dataclass(frozen=True)
 class Target:

@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 
 from llmdock.gateway.metrics import Metrics
-from llmdock.gateway.routing import Policy, Replica, Route, RouteTable, Target, pick
+from llmdock.gateway.routing import STATIC_KEY, Policy, Replica, Route, RouteTable, Target, pick
 from llmdock.gateway.wire import NoReplica
 from llmdock.models.names import as_hub_id
 
@@ -94,7 +94,7 @@ class StaticSource:
 
 
 def static_target(model: str, url: str) -> Target:
-    return Target(model, model, url.rstrip("/"), f"static:{model}:{url}", running=True)
+    return Target(model, model, url.rstrip("/"), f"{STATIC_KEY}{model}:{url}", running=True)
 
 
 class DockerSource:
@@ -244,7 +244,7 @@ class Supervisor:
             ok = False
         replica.healthy = ok
         name = route.name
-        if was and not ok and replica.target.key.startswith("static:") is False:
+        if was and not ok and not replica.target.key.startswith(STATIC_KEY):
             self._unhealthy.add(replica.target.key)
             await self.act(
                 lambda c: c.record(name, "unhealthy", f"{base} stopped answering its health check")
