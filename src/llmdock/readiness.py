@@ -117,7 +117,7 @@ def wait_ready(
         if dep.state in ("exited", "dead", "restarting") or dep.restart_count > restarts:
             raise failed(dep, read_tail(name, DIAGNOSE_TAIL), engine)
         listed = dep.served_name if engine.lists_local_models else None
-        if dep.port is not None and probe(dep.port, dep.health_path, listed):
+        if dep.port is not None and probe(dep.port, dep.health_path, listed, engine.health_timeout_s):
             return time.monotonic() - start
         now = time.monotonic()
         if now >= deadline:

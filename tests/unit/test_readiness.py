@@ -12,7 +12,7 @@ import pytest
 
 from llmdock.engines import get_engine
 from llmdock.errors import EngineFailed, ReadinessTimeout
-from llmdock.readiness import current_phase, diagnose, phases_seen, wait_ready
+from llmdock.readiness import current_phase, diagnose, phases_seen, probe, wait_ready
 from llmdock.runtimes.base import Deployment
 from tests.support.memruntime import MemoryRuntime
 
@@ -225,3 +225,26 @@ def test_transformers_is_ready_on_health_alone(server: http.server.ThreadingHTTP
     assert wait_ready(rt, "d", get_engine("transformers"), timeout=5) < 1
     with pytest.raises(ReadinessTimeout):
         wait_ready(rt, "d", get_engine("vllm"), timeout=0.5)
+
+
+class SlowHealth(Engine):
+    """/health takes 2.5 s, as SGLang's (a one-token generation) can on a busy server."""
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            time.sleep(2.5)
+        super().do_GET()
+
+
+def test_sglang_gets_a_longer_health_budget_than_a_two_second_probe() -> None:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowHealth)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        port = srv.server_address[1]
+        assert not probe(port, "/health", None, timeout=1.0)
+        rt = MemoryRuntime()
+        rt.items["d"] = replace(running(port), engine="sglang")
+        assert wait_ready(rt, "d", get_engine("sglang"), timeout=10) >= 2.5
+    finally:
+        srv.shutdown()
+        srv.server_close()

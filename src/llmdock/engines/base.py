@@ -98,6 +98,7 @@ class Engine:
     name: str = ""
     package: str = ""  # Python distribution whose version selects flag syntax
     health_path: str = "/health"
+    health_timeout_s: float = 2.0  # how long one health probe may take before it counts as "not yet"
     uses_gpus: bool = True
     runs_on_cpu: bool = False  # a GPU engine with a CPU backend (vLLM): `--gpus none` runs it there
     # Whether /v1/models lists a model served from a local path; where it does not, /health alone

@@ -27,6 +27,9 @@ class Sglang(Engine):
     name = "sglang"
     package = "sglang"
     health_path = "/health"
+    # SGLang's /health runs a one-token generation: over a second on a busy server, and longer while
+    # it warms up, so a short probe budget would call a healthy server dead.
+    health_timeout_s = 20.0
     phases = phases(
         (r"server_args=|ServerArgs\(", "starting"),
         (r"Load weight begin|Loading safetensors", "loading weights"),
