@@ -35,6 +35,16 @@ def ephemeral_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range"))
         return 32768, 60999  # Linux's default
 
 
+def cpus() -> tuple[int, ...]:
+    """The CPUs this process may run on (its affinity mask), in order."""
+    import os
+
+    try:
+        return tuple(sorted(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return tuple(range(os.cpu_count() or 0))
+
+
 def parse_meminfo(text: str) -> tuple[int, int]:
     """(total, available) bytes from the contents of /proc/meminfo; (0, 0) when they are missing."""
     values: dict[str, int] = {}

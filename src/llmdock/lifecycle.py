@@ -145,6 +145,7 @@ class Lifecycle:
             gpu_runtime=bool(assume_gpus) or self.runtimes.named(runtime).has_gpu_runtime(),
             memory_total_bytes=total,
             memory_available_bytes=available,
+            cpus=hostinfo.cpus(),
         )
 
     def engine_version(

@@ -30,6 +30,21 @@ RUNTIMES = ("docker", "local")
 # Docker's own rule for container names, kept a bit shorter so labels and paths stay readable.
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+CPUS_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """``0-3,8`` -> (0, 1, 2, 3, 8): the CPU list syntax of ``taskset -c`` and ``docker --cpuset-cpus``."""
+    hint = "write CPU numbers and ranges like --cpus 0-7 or --cpus 0,2,4-6 (see `nproc`)"
+    if not CPUS_RE.match(text.strip()):
+        raise InvalidSpec(f"--cpus {text!r} is not a CPU list", hint)
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        low, _, high = part.partition("-")
+        if high and int(high) < int(low):
+            raise InvalidSpec(f"--cpus range {part!r} runs backwards", hint)
+        cpus.update(range(int(low), int(high or low) + 1))
+    return tuple(sorted(cpus))
 
 
 def parse_port(text: str | int) -> int | None:
@@ -136,6 +151,7 @@ class DeploymentSpec:
     dtype: str | None = None
     kv_cache_dtype: str | None = None
     kv_cache_space: int | None = None  # GiB of host RAM for the KV cache of an engine on the CPU
+    cpus: str | None = None  # host CPUs the engine runs on (``0-7``): a cpuset, and vLLM's OpenMP threads
     limit_mm_per_prompt: dict[str, int] | None = None
     served_model_name: str | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -165,6 +181,7 @@ class DeploymentSpec:
         dtype: str | None = None,
         kv_cache_dtype: str | None = None,
         kv_cache_space: int | None = None,
+        cpus: str | None = None,
         limit_mm_per_prompt: str | None = None,
         served_model_name: str | None = None,
         env: list[str] | None = None,
@@ -206,6 +223,8 @@ class DeploymentSpec:
                 f"--kv-cache-space {kv_cache_space} is not a number of GiB",
                 "give whole GiB of host RAM for the KV cache, e.g. --kv-cache-space 4",
             )
+        if cpus is not None:
+            parse_cpus(cpus)
         if tensor_parallel_size is not None and tensor_parallel_size < 1:
             raise InvalidSpec("--tensor-parallel-size must be at least 1", "give --tp 1, 2, 4 or 8")
         if gpu_memory_utilization is not None and not 0 < gpu_memory_utilization <= 1:
@@ -234,6 +253,7 @@ class DeploymentSpec:
             dtype=dtype,
             kv_cache_dtype=kv_cache_dtype,
             kv_cache_space=kv_cache_space,
+            cpus=cpus.strip() if cpus is not None else None,
             limit_mm_per_prompt=parse_limit_mm(limit_mm_per_prompt),
             served_model_name=served_model_name,
             env=parse_env(env or []),
@@ -285,6 +305,7 @@ class DeploymentSpec:
             ("replicas", 1),
             ("group", None),
             ("kv_cache_space", None),
+            ("cpus", None),
         ):
             if data.get(key) == default:
                 data.pop(key, None)

@@ -155,3 +155,35 @@ def test_sglang_fraction_is_sized_by_the_assigned_gpus_memory(gib: int, want: st
     )
     assert unknown.argv[unknown.argv.index("--mem-fraction-static") + 1] == "0.78"  # SGLang's own fallback
     assert float(fraction) < 0.9 and (want is None or fraction == want)
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [("0-3", (0, 1, 2, 3)), ("0,2,4-5", (0, 2, 4, 5)), (" 7 ", (7,)), ("1,1", (1,))],
+)
+def test_parse_cpus(text: str, want: tuple[int, ...]) -> None:
+    from llmdock.spec import parse_cpus
+
+    assert parse_cpus(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "a", "0-", "3-1", "0;1", "-1"])
+def test_parse_cpus_refuses(text: str) -> None:
+    from llmdock.spec import parse_cpus
+
+    with pytest.raises(InvalidSpec, match="--cpus"):
+        parse_cpus(text)
+
+
+def test_cpus_bind_vllms_threads_and_the_container() -> None:
+    from llmdock.planning.container import docker_run_argv
+
+    inv = Inventory(memory_total_bytes=64 * GiB, memory_available_bytes=60 * GiB, cpus=tuple(range(8)))
+    p = cpu_plan(inv, cpus="2-5")
+    assert p.container.env["VLLM_CPU_OMP_THREADS_BIND"] == "2-5" and p.container.cpuset_cpus == "2-5"
+    argv = docker_run_argv(p.container)
+    assert argv[argv.index("--cpuset-cpus") + 1] == "2-5"
+    with pytest.raises(InvalidSpec, match="CPU 8, 9, which this host does not have") as e:
+        cpu_plan(inv, cpus="6-9")
+    assert "0-7" in e.value.hint
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in cpu_plan(inv).container.env  # vLLM binds by itself

@@ -105,6 +105,12 @@ def up(
             help="vLLM on the CPU (--gpus none): GiB of host RAM for the KV cache (default: planned)."
         ),
     ] = None,
+    cpus: Annotated[
+        str | None,
+        typer.Option(
+            help="Host CPUs for the engine, e.g. 0-7 (a cpuset; vLLM on the CPU binds its threads there)."
+        ),
+    ] = None,
     limit_mm_per_prompt: Annotated[
         str | None, typer.Option(help='Per-prompt media limits: image=5,video=5 or {"image":5}.')
     ] = None,
@@ -186,6 +192,7 @@ def up(
         dtype=dtype,
         kv_cache_dtype=kv_cache_dtype,
         kv_cache_space=kv_cache_space,
+        cpus=cpus,
         limit_mm_per_prompt=limit_mm_per_prompt,
         served_model_name=served_model_name,
         env=variables,

@@ -42,6 +42,10 @@ def fixups(python: str) -> tuple[tuple[str, ...], ...]:
     )
 
 
-def cpu_env(kv_cache_gib: int) -> dict[str, str]:
-    """The variables vLLM on the CPU needs: the platform and the KV cache budget (GiB of host RAM)."""
-    return {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
+def cpu_env(kv_cache_gib: int, cpus: str | None = None) -> dict[str, str]:
+    """The variables vLLM on the CPU needs: the platform, the KV cache budget (GiB of host RAM) and,
+    given ``--cpus``, the cores its OpenMP threads bind to (else vLLM binds all but one by itself)."""
+    env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
+    if cpus:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpus
+    return env

@@ -52,6 +52,7 @@ class ContainerConfig:
     log_max_size: str = LOG_MAX_SIZE
     log_max_files: int = LOG_MAX_FILES
     shm_size: str | None = None
+    cpuset_cpus: str | None = None  # `docker run --cpuset-cpus` (the local runtime leaves it to the engine)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -117,6 +118,8 @@ def docker_run_argv(cfg: ContainerConfig) -> list[str]:
         argv += ["-p", f"{cfg.publish_host}:{host_port}:{container_port}"]
     if cfg.shm_size:
         argv += ["--shm-size", cfg.shm_size]
+    if cfg.cpuset_cpus:
+        argv += ["--cpuset-cpus", cfg.cpuset_cpus]
     argv += [f"--restart=on-failure:{cfg.restart_max}", "--log-driver=json-file"]
     argv += ["--log-opt", f"max-size={cfg.log_max_size}", "--log-opt", f"max-file={cfg.log_max_files}"]
     for m in cfg.mounts:

@@ -35,4 +35,5 @@ class Inventory:
     gpu_runtime: bool = False
     memory_total_bytes: int = 0  # host RAM, for engines on the CPU (0: unknown)
     memory_available_bytes: int = 0
+    cpus: tuple[int, ...] = ()  # CPUs this process may run on (empty: unknown)
     notes: tuple[str, ...] = field(default=())

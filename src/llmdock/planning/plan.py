@@ -143,6 +143,17 @@ def make_plan(
                 "on GPUs use --gpu-memory-utilization and --max-model-len instead",
             )
         )
+    if spec.cpus is not None:
+        from llmdock.spec import parse_cpus
+
+        missing = sorted(set(parse_cpus(spec.cpus)) - set(inv.cpus)) if inv.cpus else []
+        if missing:
+            check(
+                InvalidSpec(
+                    f"--cpus names CPU {', '.join(map(str, missing))}, which this host does not have",
+                    f"use CPUs of {_cpu_list(inv.cpus)} (see `nproc`)",
+                )
+            )
     tp = spec.tensor_parallel_size
     max_len, util, fitted = spec.max_model_len, spec.gpu_memory_utilization, None
     cpu_fit, device_env = None, {}
@@ -152,7 +163,7 @@ def make_plan(
         cpu_fit = _fit_cpu(spec, facts, inv, check)
         if cpu_fit is not None:
             max_len = cpu_fit.max_model_len
-        device_env = cpu_env(cpu_fit.kv_cache_gib if cpu_fit else spec.kv_cache_space or 1)
+        device_env = cpu_env(cpu_fit.kv_cache_gib if cpu_fit else spec.kv_cache_space or 1, spec.cpus)
         if util is not None:
             check(
                 InvalidSpec(
@@ -249,6 +260,7 @@ def make_plan(
         publish_host="0.0.0.0" if spec.expose else "127.0.0.1",
         mounts=() if local else (Mount(model_dir, model_path, read_only=True),),
         env={**DEFAULT_ENV, **device_env, **spec.env},
+        cpuset_cpus=spec.cpus,
     )
     return Plan(
         spec=spec,
@@ -264,6 +276,14 @@ def make_plan(
         blocking=tuple(blocking),
         fit=fitted,
         cpu_fit=cpu_fit,
+    )
+
+
+def _cpu_list(cpus: tuple[int, ...]) -> str:
+    return (
+        f"{cpus[0]}-{cpus[-1]}"
+        if list(cpus) == list(range(cpus[0], cpus[-1] + 1))
+        else ",".join(map(str, cpus))
     )
 
 

@@ -208,6 +208,8 @@ class DockerRuntime:
             kwargs["ports"] = {f"{c}/tcp": (cfg.publish_host, h) for c, h in cfg.ports.items()}
         if cfg.shm_size:
             kwargs["shm_size"] = cfg.shm_size
+        if cfg.cpuset_cpus:
+            kwargs["cpuset_cpus"] = cfg.cpuset_cpus
         try:
             container = self.client.containers.create(**kwargs)
         except docker.errors.ImageNotFound:
