@@ -175,6 +175,7 @@ class Owned:
             raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, to_interrupt)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
         return self
 
     def __exit__(
