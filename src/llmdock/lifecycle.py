@@ -13,7 +13,14 @@ from typing import Any
 
 from llmdock import hostinfo
 from llmdock.engines import get_engine
-from llmdock.errors import EngineFailed, GpuUnavailable, InvalidSpec, LlmdockError, SpecChanged
+from llmdock.errors import (
+    EngineFailed,
+    GpuUnavailable,
+    InvalidSpec,
+    LlmdockError,
+    RuntimeUnavailable,
+    SpecChanged,
+)
 from llmdock.planning.inventory import Gpu, Holding, Inventory
 from llmdock.planning.plan import Plan, make_plan
 from llmdock.runtimes.base import Deployment, Runtime
@@ -125,13 +132,18 @@ class Lifecycle:
 
     # ---- inventory -------------------------------------------------------------------------------
     def inventory(
-        self, *, exclude_port: int | None = None, assume_gpus: tuple[Gpu, ...] = (), runtime: str = "docker"
+        self,
+        *,
+        exclude_port: int | None = None,
+        assume_gpus: tuple[Gpu, ...] = (),
+        runtime: str = "docker",
+        planned: tuple[Holding, ...] = (),
     ) -> Inventory:
         """This host as the planner sees it; ``assume_gpus`` replaces the real GPUs (what-if plans).
-        Deployments of every reachable runtime hold their ports and GPUs; ``runtime`` says whose GPU
-        access counts."""
+        Deployments of every reachable runtime hold their ports and GPUs, and so do ``planned`` ones
+        (the replicas before this one, in a dry run); ``runtime`` says whose GPU access counts."""
         deployments = self.runtimes.deployments()
-        holdings = tuple(
+        holdings = planned + tuple(
             Holding(d.name, d.port, d.gpus if d.state in ("running", "restarting", "created") else ())
             for d in deployments
         )
@@ -142,11 +154,19 @@ class Lifecycle:
             listening_ports=frozenset(listening),
             ephemeral_ports=hostinfo.ephemeral_range(),
             holdings=holdings,
-            gpu_runtime=bool(assume_gpus) or self.runtimes.named(runtime).has_gpu_runtime(),
+            gpu_runtime=bool(assume_gpus) or self._gpu_runtime(runtime),
             memory_total_bytes=total,
             memory_available_bytes=available,
             cpus=hostinfo.cpus(),
         )
+
+    def _gpu_runtime(self, runtime: str) -> bool:
+        """Whether ``runtime`` can give containers GPUs; False (noted) when Docker cannot be asked."""
+        try:
+            return self.runtimes.named(runtime).has_gpu_runtime()
+        except RuntimeUnavailable as e:
+            self.runtimes.notes.append(f"not checked: the NVIDIA runtime ({e.message})")
+            return False
 
     def engine_version(
         self, image: str, engine_name: str, runtime: str = "docker", *, probe: bool = True
@@ -176,6 +196,7 @@ class Lifecycle:
         exclude_port: int | None = None,
         assume_gpus: tuple[Gpu, ...] = (),
         weights: Weights | None = None,
+        planned: tuple[Holding, ...] = (),
     ) -> Plan:
         """The plan ``up`` carries out. Never downloads. Not strict (a dry run): reports problems
         instead of raising, and creates nothing (no engine-version probe either)."""
@@ -190,14 +211,23 @@ class Lifecycle:
                 weights = Weights(None, None)
         spec = self.resolve(spec)
         image = spec.engine_env if spec.runtime == "local" and spec.engine_env else spec.image or ""
-        version, present = self.engine_version(image, spec.engine, spec.runtime, probe=strict)
         notes = [weights.note] if weights.note else []
+        try:
+            version, present = self.engine_version(image, spec.engine, spec.runtime, probe=strict)
+        except RuntimeUnavailable as e:
+            if strict:
+                raise
+            # A what-if on a laptop: plan without the daemon, and say what could not be seen.
+            version, present = None, True
+            notes.append(f"{e.message}: image presence, engine version and running deployments not checked")
         if version is None:
             version, note = assume_version(spec.engine, image, probed=strict and present)
             notes.append(note)
         plan = make_plan(
             spec,
-            self.inventory(exclude_port=exclude_port, assume_gpus=assume_gpus, runtime=spec.runtime),
+            self.inventory(
+                exclude_port=exclude_port, assume_gpus=assume_gpus, runtime=spec.runtime, planned=planned
+            ),
             model_dir=str(weights.path or spec.model),
             image=image,
             port_range=self.settings.port_range,
@@ -317,10 +347,21 @@ class Lifecycle:
     ) -> UpResult:
         """Create every replica first (so their engines load in parallel), then wait for each.
         Each is planned after the ones before it exist, so ports and GPUs never collide."""
-        results = [
-            self.up(r, replace=replace, wait=False, dry_run=dry_run, assume_gpus=assume_gpus)
-            for r in spec.replica_specs()[: 1 if dry_run else None]
-        ]
+        if dry_run:  # every replica planned, each holding its GPUs and port for the ones after it
+            results: list[UpResult] = []
+            for r in spec.replica_specs():
+                held = tuple(
+                    Holding(m.plan.spec.name, m.plan.port, m.plan.gpus)
+                    for m in results
+                    if not m.plan.blocking
+                )
+                results.append(
+                    UpResult(self.plan(r, strict=False, assume_gpus=assume_gpus, planned=held), "dry-run")
+                )
+        else:
+            results = [
+                self.up(r, replace=replace, wait=False, assume_gpus=assume_gpus) for r in spec.replica_specs()
+            ]
         if wait and not dry_run:
             results = [self._finish(r, True, timeout, on_phase) for r in results]
         first = results[0]

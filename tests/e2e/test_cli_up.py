@@ -99,10 +99,15 @@ def test_missing_image_and_gpu_without_runtime(
     assert name not in ps()
 
 
-def test_procedure_dry_run_json(home: Path, tiny_model: Path, docker_client: Any) -> None:
+def test_procedure_dry_run_json(home: Path, tmp_path: Path, docker_client: Any) -> None:
+    from tests.support.modelconfigs import qwen25_vl_72b_config
+
+    model = tmp_path / "Qwen2.5-VL-72B-Instruct"  # its config.json: the planner checks TP and context
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(qwen25_vl_72b_config()))
     args = [
         "up",
-        str(tiny_model),
+        str(model),
         "--name",
         "qwen2.5-vl-72b",
         "--engine",
@@ -129,19 +134,22 @@ def test_procedure_dry_run_json(home: Path, tiny_model: Path, docker_client: Any
     done = cli(*args)
     assert done.returncode == 0, done.stderr  # only this host's state is missing (image, GPUs)
     plan = json.loads(done.stdout)
-    # The image is absent, so its vLLM version is unknown: the newest (JSON) syntax is rendered.
+    # The image is absent, so its vLLM cannot be probed: the seed image is known to ship a vLLM before
+    # 0.7.2, whose --limit-mm-per-prompt takes key=value (JSON came in 0.8.5), and the plan says so.
     assert plan["command"] == [
         "vllm",
         "serve",
-        "/work/tiny-qwen",
+        "/work/Qwen2.5-VL-72B-Instruct",
         "--port",
         "8001",
         "--host",
         "127.0.0.1",
+        "--served-model-name",
+        "qwen2.5-vl-72b",
         "--dtype",
         "bfloat16",
         "--limit-mm-per-prompt",
-        '{"image":5,"video":5}',
+        "image=5,video=5",
         "--tensor-parallel-size",
         "8",
         "--gpu-memory-utilization",
@@ -157,12 +165,16 @@ def test_procedure_dry_run_json(home: Path, tiny_model: Path, docker_client: Any
     assert c["device_requests"][0]["capabilities"] == [["gpu"]]
     assert c["device_requests"][0]["device_ids"] == [str(i) for i in range(8)]  # stand-ins for --tp 8
     problems = " ".join(plan["problems"])
-    assert "not present" in problems and "NVIDIA runtime" in problems
+    assert "not present" in problems and "NVIDIA runtime" in problems and plan["blocking"] == []
+    assert any("assumed 0.6.3" in n and "`up` probes the image" in n for n in plan["notes"])
     assert plan["docker_run"].startswith("docker run -d --name qwen2.5-vl-72b --gpus")
     assert docker_client.containers.list(all=True, filters={"name": "qwen2.5-vl-72b"}) == []
     human = cli(*args[:-1])
     assert human.returncode == 0
     assert "docker run -d --name qwen2.5-vl-72b" in human.stdout and "! image" in human.stdout
+    assert "with warnings about this host" in human.stdout and "none visible on this host" in human.stdout
+    tp3 = cli(*[a if a != "8" else "3" for a in args[:-1]])  # 3 does not divide the 64 heads: the request
+    assert tp3.returncode == 1 and "cannot deploy" in tp3.stdout and "✗ tensor parallel size 3" in tp3.stdout
 
 
 def test_cli_killed_during_up_leaves_a_deployment_ps_shows(

@@ -146,3 +146,57 @@ def test_replicas_get_their_own_ports_and_act_as_one(lc: Lifecycle, model: str) 
     assert all(not d.running for d in lc.runtime.deployments())
     lc.rm("r")
     assert lc.runtime.deployments() == [] and lc.store.deployment_names() == []
+
+
+def qwen72b_dir(tmp_path: Path) -> str:
+    import json
+
+    from tests.support.modelconfigs import config
+
+    d = tmp_path / "Qwen2.5-72B-Instruct"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(config("Qwen--Qwen2.5-72B-Instruct")))
+    return str(d)
+
+
+def test_a_dry_run_plans_every_replica_against_the_ones_before_it(lc: Lifecycle, tmp_path: Path) -> None:
+    from llmdock.gpuinfo import parse_assume_gpus
+
+    model = qwen72b_dir(tmp_path)  # 72B, bf16: 4 × 80 GiB per copy
+    spec = DeploymentSpec.create(model, name="q", engine="vllm", replicas=3, image=IMAGE)
+    result = lc.up(spec, dry_run=True, assume_gpus=parse_assume_gpus("8x80GiB"))
+    plans = [m.plan for m in result.members]
+    assert [p.spec.name for p in plans] == ["q-1", "q-2", "q-3"]
+    assert plans[0].gpus == (0, 1, 2, 3) and plans[1].gpus == (4, 5, 6, 7)
+    assert len({p.port for p in plans}) == 3  # each replica its own port
+    assert not plans[0].blocking and not plans[1].blocking and plans[2].blocking  # no GPUs left for it
+    assert lc.runtime.deployments() == []
+
+
+class DockerDown(MemoryRuntime):
+    def _down(self) -> None:
+        from llmdock.errors import RuntimeUnavailable
+
+        raise RuntimeUnavailable("the Docker daemon is not reachable at unix:///nope", "start it")
+
+    def image_id(self, image: str) -> str | None:
+        self._down()
+        return None
+
+    def has_gpu_runtime(self) -> bool:
+        self._down()
+        return False
+
+
+def test_a_what_if_plan_needs_no_docker_and_says_what_it_could_not_see(tmp_path: Path) -> None:
+    from llmdock.errors import RuntimeUnavailable
+    from llmdock.gpuinfo import parse_assume_gpus
+
+    s = settings.load({"LLMDOCK_HOME": str(tmp_path / "home")})
+    lc = Lifecycle(s, DockerDown(), Store(s.db_path))
+    spec = DeploymentSpec.create(qwen72b_dir(tmp_path), name="q", engine="vllm")
+    plan = lc.up(spec, dry_run=True, assume_gpus=parse_assume_gpus("8x80GiB")).plan
+    assert plan.fit is not None and plan.fit.tp == 4 and not plan.blocking
+    assert any("not reachable" in n and "not checked" in n for n in plan.notes)
+    with pytest.raises(RuntimeUnavailable):  # a real `up` still needs the daemon
+        lc.up(DeploymentSpec.create(qwen72b_dir(tmp_path / "x"), name="r", engine="vllm"), wait=False)

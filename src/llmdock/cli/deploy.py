@@ -236,7 +236,7 @@ def up(
     from llmdock.cli.views import show_up
 
     show_up(result, json_out)
-    if result.action == "dry-run" and result.plan.blocking:
+    if result.action == "dry-run" and any(m.plan.blocking for m in result.members or [result]):
         raise typer.Exit(1)  # the request itself cannot work (does not fit, bad model…): scripts can tell
 
 

@@ -8,6 +8,7 @@ if TYPE_CHECKING:
     from llmdock.lifecycle import UpResult
     from llmdock.planning.cpu import CpuFit
     from llmdock.planning.fit import Fit
+    from llmdock.planning.plan import Plan
 
 
 def show_up(result: UpResult, json_out: bool) -> None:
@@ -24,12 +25,11 @@ def show_up(result: UpResult, json_out: bool) -> None:
     plan = result.plan
     name = plan.spec.name
     if result.action == "dry-run":
-        out.print(
-            f"[bold]would deploy[/bold] {name}: {plan.spec.engine} on "
-            f"{'GPUs ' + ','.join(map(str, plan.gpus)) if plan.gpus else 'CPU'}, port {plan.port}"
-        )
-        for problem in plan.problems:
-            out.print(f"[yellow]! {escape(problem)}[/yellow]")
+        for member in result.members or [result]:
+            show_verdict(member.plan)
+        refused = [m.plan.spec.name for m in result.members if m.plan.blocking]
+        if len(result.members) > 1 and refused:
+            out.print(f"[bold red]{len(refused)} of {len(result.members)} replicas cannot deploy[/bold red]")
         for note in plan.notes:
             out.print(f"[dim]note: {escape(note)}[/dim]")
         if plan.fit is not None:
@@ -61,6 +61,34 @@ def show_up(result: UpResult, json_out: bool) -> None:
     out.print(f"  endpoint  {result.url}   model {escape(plan.served_name)}")
     out.print(f"  logs      llmdock logs -f {name}")
     out.print(f"  stop      llmdock stop {name}   (remove: llmdock rm -f {name})")
+
+
+def show_verdict(plan: Plan) -> None:
+    """ "cannot deploy" when the request itself cannot work (✗ lines), else "would deploy", with the
+    problems of this host as it is now (! lines: an image not pulled, GPUs busy, Docker down)."""
+    from rich.markup import escape
+
+    from llmdock.cli.render import out
+
+    where = "CPU"
+    if plan.gpus:
+        where = (
+            f"{len(plan.gpus)} GPU(s), none visible on this host"
+            if plan.stand_in_gpus
+            else ("GPUs " + ",".join(map(str, plan.gpus)))
+        )
+    what = f"{plan.spec.name}: {plan.spec.engine} on {where}, port {plan.port}"
+    host = [p for p in plan.problems if p not in plan.blocking]
+    if plan.blocking:
+        out.print(f"[bold red]cannot deploy[/bold red] {what}")
+    elif host:
+        out.print(f"[bold]would deploy[/bold] {what} [yellow](with warnings about this host)[/yellow]")
+    else:
+        out.print(f"[bold]would deploy[/bold] {what}")
+    for problem in plan.blocking:
+        out.print(f"[red]✗ {escape(problem)}[/red]")
+    for problem in host:
+        out.print(f"[yellow]! {escape(problem)}[/yellow]")
 
 
 def show_fit(fit: Fit) -> None:

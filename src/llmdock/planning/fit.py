@@ -106,6 +106,20 @@ def valid_tp_sizes(facts: ModelFacts, limit: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
+def check_request(facts: ModelFacts, tp: int | None, max_model_len: int | None) -> None:
+    """Refuse what the model itself rules out, whatever the GPUs: a TP size that does not divide its
+    heads, a context beyond its limit (also where no GPU is visible to fit against)."""
+    _validate(facts, tp, max_model_len, None, "binpack")
+    if tp is not None and tp not in valid_tp_sizes(facts, tp):
+        raise InvalidSpec(
+            f"tensor parallel size {tp} does not divide the model's {facts.num_attention_heads} "
+            f"attention heads / {facts.num_kv_heads} KV heads"
+            + (f" / {facts.vision_heads} vision heads" if facts.vision else ""),
+            f"use one of {', '.join(map(str, valid_tp_sizes(facts, 64)))} "
+            "(as a --gpus count or --tensor-parallel-size)",
+        )
+
+
 def max_utilization(gpu: Gpu) -> float:
     """The highest utilization vLLM accepts on ``gpu`` now: its free memory, less the engine's own CUDA
     context, over its total, rounded down to a hundredth."""
@@ -270,14 +284,7 @@ def fit(
     pool = [by_index[i] for i in requested_gpus] if requested_gpus else sorted(gpus, key=lambda g: g.index)
     sizes = valid_tp_sizes(facts, len(pool))
     wanted = tp or (len(pool) if requested_gpus else None)
-    if wanted is not None and wanted not in valid_tp_sizes(facts, wanted):
-        raise InvalidSpec(
-            f"tensor parallel size {wanted} does not divide the model's {facts.num_attention_heads} "
-            f"attention heads / {facts.num_kv_heads} KV heads"
-            + (f" / {facts.vision_heads} vision heads" if facts.vision else ""),
-            f"use one of {', '.join(map(str, valid_tp_sizes(facts, 64)))} "
-            "(as a --gpus count or --tensor-parallel-size)",
-        )
+    check_request(facts, wanted, max_model_len)
     target = max_model_len or limit
     candidates = [wanted] if wanted else list(sizes)
     tries: list[_Try] = []

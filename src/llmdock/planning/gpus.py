@@ -56,7 +56,7 @@ def choose_gpus(request: GpuRequest, inv: Inventory, *, owner: str, share: bool)
     if not present:
         raise GpuUnavailable(
             "no GPU is visible on this host (NVML found none)",
-            "check `nvidia-smi`; for a CPU deployment use --gpus none --engine transformers",
+            "check `nvidia-smi`; or run on the CPU with --gpus none (vLLM's CPU backend)",
         )
     if request.kind == "all":
         chosen = tuple(present)

@@ -57,6 +57,7 @@ class Plan:
     blocking: tuple[str, ...] = field(default=())  # the problems no other host would fix (does not fit…)
     fit: Fit | None = None
     cpu_fit: CpuFit | None = None  # an engine on its CPU backend (vLLM --gpus none): host RAM
+    stand_in_gpus: bool = False  # no GPU was visible: the indices only show the shape of the command
 
     @property
     def device(self) -> str:
@@ -119,7 +120,7 @@ def make_plan(
             RuntimeUnavailable(
                 "Docker on this host has no NVIDIA runtime, so containers cannot use GPUs",
                 "install nvidia-container-toolkit, run `sudo nvidia-ctk runtime configure --runtime=docker`, "
-                "restart Docker; or deploy on the CPU with --gpus none --engine transformers",
+                "restart Docker; or run on the CPU with --gpus none (vLLM's CPU backend)",
             )
         )
     try:
@@ -192,6 +193,13 @@ def make_plan(
             gpus, tp, max_len = fitted.gpus, fitted.tp, fitted.max_model_len
             if util is None:
                 util = fitted.gpu_memory_utilization  # lowered where other processes use part of a GPU
+    elif facts is not None and engine.uses_gpus and gpus:  # no GPU visible to fit against (a laptop)
+        from llmdock.planning.fit import check_request
+
+        try:
+            check_request(facts, tp or (len(gpus) if request.kind != "auto" else None), max_len)
+        except LlmdockError as e:
+            check(e)
     if util is None and engine.uses_gpus and gpus:
         util = DEFAULT_UTILIZATION  # the fraction the plan assumed, passed even where it is the default
     if request.kind == "auto" and fitted is None:
@@ -276,6 +284,7 @@ def make_plan(
         blocking=tuple(blocking),
         fit=fitted,
         cpu_fit=cpu_fit,
+        stand_in_gpus=bool(gpus) and not inv.gpus,
     )
 
 

@@ -20,7 +20,7 @@ START_HINT = (
 )
 GPU_HINT = (
     "install nvidia-container-toolkit, run `sudo nvidia-ctk runtime configure --runtime=docker`, restart Docker; "
-    "or deploy on the CPU with --gpus none --engine transformers"
+    "or run on the CPU with --gpus none (vLLM's CPU backend)"
 )
 
 
