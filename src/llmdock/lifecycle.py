@@ -283,6 +283,8 @@ class Lifecycle:
         weights = locate(spec.model, self.settings.models_dir, self.pull)
         plan = self.plan(spec, exclude_port=exclude, weights=weights)
         if weights.path is None:
+            if on_phase is not None:
+                on_phase("downloading weights")
             path = fetch(spec.model, self.settings.models_dir, self.pull)
             plan = self.plan(spec, exclude_port=exclude, weights=Weights(path, *read_facts(path)))
         action = "created"
@@ -290,6 +292,8 @@ class Lifecycle:
             self.runtimes.remove(spec.name, force=True)
             self.store.record(spec.name, "replaced", existing.spec_hash)
             action = "replaced"
+        if on_phase is not None:
+            on_phase("creating the container" if spec.runtime == "docker" else "starting the engine process")
         dep = self.runtimes.named(spec.runtime).create(plan.container)
         self.store.save_deployment(spec.name, plan.spec.to_dict(), plan.spec_hash, runtime=spec.runtime)
         self.store.record(spec.name, "created", plan.spec_hash)

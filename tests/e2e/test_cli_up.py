@@ -206,6 +206,21 @@ def test_cli_killed_during_up_leaves_a_deployment_ps_shows(
     assert docker_client.containers.list(all=True, filters={"name": name}) == []
 
 
+def test_ctrl_c_during_up_says_what_keeps_running_and_how_to_stop_it(
+    home: Path, engine_image: str, tiny_model: Path, name: str, docker_client: Any
+) -> None:
+    argv = [sys.executable, "-m", "llmdock.cli.main", "up", str(tiny_model), "--engine", "transformers"]
+    proc = subprocess.Popen([*argv, "--name", name], stderr=subprocess.PIPE, text=True, env={**os.environ})
+    deadline = time.monotonic() + 60
+    while not docker_client.containers.list(all=True, filters={"name": name}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert f"{name} keeps starting in the background" in stderr and f"llmdock rm -f {name}" in stderr
+    assert name in ps()
+
+
 def test_ps_and_up_work_without_the_database(
     home: Path, engine_image: str, tiny_model: Path, name: str
 ) -> None:

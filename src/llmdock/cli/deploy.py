@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from llmdock.lifecycle import Lifecycle, PullOptions
     from llmdock.runtimes.multi import Member
     from llmdock.settings import Settings
+    from llmdock.spec import DeploymentSpec
 
 Name = Annotated[str, typer.Argument(help="Deployment name (see `llmdock ps`).")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -64,7 +65,7 @@ def phase_status(enabled: bool, what: str) -> Iterator[Callable[[str], None] | N
         return
     from llmdock.cli.render import err
 
-    with err.status(f"{what}: starting") as status:
+    with err.status(f"{what}: checking the request") as status:
         yield lambda phase: status.update(f"{what}: {phase}")
 
 
@@ -219,15 +220,19 @@ def up(
         opts = PullOptions(pull, source, revision, allow_system_disk, None if json_out else bars)
         lc = lifecycle(opts)
         with phase_status(wait and not json_out and not dry_run, spec.name) as on_phase:
-            result = lc.up(
-                spec,
-                replace=replace,
-                wait=wait,
-                timeout=timeout,
-                dry_run=dry_run,
-                on_phase=on_phase,
-                assume_gpus=assumed,
-            )
+            try:
+                result = lc.up(
+                    spec,
+                    replace=replace,
+                    wait=wait,
+                    timeout=timeout,
+                    dry_run=dry_run,
+                    on_phase=on_phase,
+                    assume_gpus=assumed,
+                )
+            except KeyboardInterrupt:
+                interrupted(lc, spec)
+                raise
     if result.action != "dry-run" and (on_demand or idle_stop):
         from llmdock.gateway.keystore import KeyStore
 
@@ -238,6 +243,29 @@ def up(
     show_up(result, json_out)
     if result.action == "dry-run" and any(m.plan.blocking for m in result.members or [result]):
         raise typer.Exit(1)  # the request itself cannot work (does not fit, bad model…): scripts can tell
+
+
+def interrupted(lc: Lifecycle, spec: DeploymentSpec) -> None:
+    """Ctrl-C during ``up``: say what is left behind (the engine keeps starting) and how to stop it."""
+    from llmdock.cli.render import err
+    from llmdock.errors import LlmdockError
+
+    try:
+        names = [n for n in lc.names(spec.name) if lc.runtimes.get(n) is not None]
+    except LlmdockError:
+        names = []
+    if names:
+        shown = " ".join(names)
+        err.print(
+            f"[yellow]interrupted:[/yellow] {shown} keeps starting in the background; "
+            f"watch it with `llmdock logs -f {names[0]}`, stop it with `llmdock stop {spec.name}` "
+            f"or remove it with `llmdock rm -f {spec.name}`"
+        )
+    else:
+        err.print(
+            f"[yellow]interrupted:[/yellow] nothing was created for {spec.name}; a download that was cut "
+            f"resumes where it stopped on the next `llmdock up` or `llmdock pull {spec.model}`"
+        )
 
 
 def split_env(values: list[str], runtime: str) -> tuple[list[str], str | None]:
