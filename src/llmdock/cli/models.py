@@ -85,17 +85,23 @@ def pull_command(
 
         raise InvalidSpec(f"unknown --source {source!r}", "use modelscope, huggingface or auto")
     store = _store(models_dir)
-    with _progress(json_out) as progress:
-        model_ = store.pull(
-            model,
-            source=source,
-            revision=revision,
-            include=include or (),
-            exclude=exclude or (),
-            allow_system_disk=allow_system_disk,
-            token=token,
-            progress=progress,
-        )
+    try:
+        with _progress(json_out) as progress:
+            model_ = store.pull(
+                model,
+                source=source,
+                revision=revision,
+                include=include or (),
+                exclude=exclude or (),
+                allow_system_disk=allow_system_disk,
+                token=token,
+                progress=progress,
+            )
+    except KeyboardInterrupt:
+        from llmdock.cli.render import err
+
+        err.print(f"interrupted: what was fetched is kept; `llmdock pull {model}` again resumes from there")
+        raise typer.Exit(130) from None
     if json_out:
         _emit({"event": "result", **model_.as_dict()})
     else:
@@ -210,63 +216,99 @@ def _progress(json_out: bool, verb: str = "pull") -> Iterator[Callable[[dict[str
     if json_out:
         yield _json_events()
         return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
     from llmdock.cli.render import err
 
-    bars = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
-    overall = bars.add_task(verb, total=None)
-    files: dict[str, Any] = {}
-    lock = threading.Lock()
+    bars = Bars(verb, console=err)
+    with bars.progress:
+        yield bars.on
 
-    def on(event: dict[str, Any]) -> None:
+
+class Bars:
+    """Rich bars for pull/verify/import events: one overall bar and one per file in flight.
+
+    The overall bar stays hidden until an event says there is something to fetch or hash, so a
+    command that turns out to need no download (``up`` of a local folder) shows no empty bar. Bytes
+    already on disk when a pull resumes, and bytes dropped when a part restarts, move the bars
+    without counting as transfer: rich's speed and ETA only see bytes that arrived now.
+    """
+
+    def __init__(self, verb: str, console: Any = None) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.verb = verb
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.overall = self.progress.add_task(verb, total=None, visible=False)
+        self.files: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def task(self, task_id: Any) -> Any:
+        return next(t for t in self.progress.tasks if t.id == task_id)
+
+    def on(self, event: dict[str, Any]) -> None:
         kind = event["event"]
-        with lock:
-            if kind == "plan":
-                bars.update(
-                    overall, total=event["total_bytes"], completed=event["total_bytes"] - event["fetch_bytes"]
+        bars, overall = self.progress, self.overall
+        with self._lock:
+            if kind == "listing":
+                bars.update(overall, description=f"{self.verb} {event['model']}: listing files", visible=True)
+            elif kind == "plan":
+                # reset, not update: the bytes already here are no transfer (no speed sample)
+                bars.reset(
+                    overall,
+                    total=event["total_bytes"],
+                    completed=event["total_bytes"] - event["fetch_bytes"],
+                    description=f"{self.verb} {event['model']}",
+                    visible=True,
                 )
-                bars.update(overall, description=f"{verb} {event['model']}")
             elif kind == "verify_start":
-                bars.update(overall, total=event["total_bytes"], description=f"{verb} {event['model']}")
+                bars.reset(
+                    overall,
+                    total=event["total_bytes"],
+                    completed=0,
+                    description=f"{self.verb} {event['model']}",
+                    visible=True,
+                )
             elif kind == "file_start":
-                if event["path"] not in files:
-                    files[event["path"]] = bars.add_task(f"  {event['path']}", total=event["size"])
-                bars.update(files[event["path"]], completed=event["offset"])
+                if event["path"] in self.files:
+                    bars.reset(self.files[event["path"]], total=event["size"], completed=event["offset"])
+                else:
+                    self.files[event["path"]] = bars.add_task(
+                        f"  {event['path']}", total=event["size"], completed=event["offset"]
+                    )
             elif kind == "progress":
-                if event["path"] in files:
-                    bars.update(files[event["path"]], completed=event["done"])
-                bars.advance(overall, event["delta"])
+                if event["path"] in self.files:
+                    bars.update(self.files[event["path"]], completed=event["done"])
+                if event["delta"] >= 0:
+                    bars.advance(overall, event["delta"])
+                else:  # a part restarted: move back without a negative speed sample
+                    done = self.task(overall).completed
+                    bars.update(overall, completed=max(0.0, done + event["delta"]))
             elif kind in ("file_done", "verify_file"):
                 if kind == "verify_file":
                     bars.advance(overall, event["size"])
-                task = files.pop(event["path"], None)
+                task = self.files.pop(event["path"], None)
                 if task is not None:
                     bars.remove_task(task)
             elif kind == "retry":
-                err.print(
+                bars.console.print(
                     f"[yellow]retrying[/yellow] {event['path']} from byte {event['offset']}: {event['error']}"
                 )
             elif kind == "waiting_lock":
-                err.print(f"waiting for another pull of {event['model']} to finish")
-
-    with bars:
-        yield on
+                bars.console.print(f"waiting for another pull of {event['model']} to finish")
 
 
 def _json_events() -> Callable[[dict[str, Any]], None]:
@@ -296,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         _standalone()(args=list(argv) if argv is not None else None)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except LlmdockError as e:
         from llmdock.cli.render import print_error
 

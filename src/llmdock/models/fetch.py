@@ -177,10 +177,16 @@ def _stream(
             f.truncate()
             buf = bytearray()
 
-            def flush() -> None:
+            def flush() -> int:
+                """Write and hash what is buffered; return how many bytes that was (0: nothing).
+
+                The buffer is emptied before anything that can raise is called: the progress
+                callback raises to cancel (a sibling failed, Ctrl-C), and the ``finally`` below
+                flushes once more on the way out, which must not write the same bytes twice.
+                """
                 nonlocal done
                 if not buf:
-                    return
+                    return 0
                 if done + len(buf) > remote.size:
                     raise IntegrityError(
                         f"{remote.path}: the hub sent more than the {remote.size} bytes it listed",
@@ -190,9 +196,14 @@ def _stream(
                 f.write(buf)
                 hashers.update(buf)
                 done += len(buf)
-                event = {"event": "progress", "path": remote.path, "done": done, "size": remote.size}
-                progress({**event, "delta": len(buf)})
+                n = len(buf)
                 buf.clear()
+                return n
+
+            def report(n: int) -> None:
+                if n:
+                    event = {"event": "progress", "path": remote.path, "done": done, "size": remote.size}
+                    progress({**event, "delta": n})
 
             if body.readinto is not None:
                 done = _read_into(body.readinto, f, remote, done, hashers, progress)
@@ -201,9 +212,11 @@ def _stream(
                     for chunk in body.chunks:
                         buf += chunk
                         if len(buf) >= WRITE_BLOCK:
-                            flush()
-                finally:
-                    flush()
+                            report(flush())
+                except BaseException:
+                    flush()  # bytes that arrived before a drop or a cancel are good: keep them, quietly
+                    raise
+                report(flush())
             if fsync and done == remote.size:
                 os.fsync(f.fileno())
     return done
