@@ -219,6 +219,9 @@ def _progress(json_out: bool, verb: str = "pull") -> Iterator[Callable[[dict[str
     from llmdock.cli.render import err
 
     bars = Bars(verb, console=err)
+    if not err.is_terminal:  # rich draws nothing there, and would end with an empty line
+        yield bars.on
+        return
     with bars.progress:
         yield bars.on
 

@@ -13,10 +13,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from llmdock.errors import HubError, NotFound
-from llmdock.models.hubs import Body, Listing, RemoteFile
+from llmdock.models.hubs import Body, Listing, RemoteFile, unreachable, unreachable_error
 
 
 def _translate(e: Exception, what: str) -> Exception:
+    if (reason := unreachable(e)) is not None:
+        endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        return unreachable_error("Hugging Face", endpoint, "HF_ENDPOINT", reason)
     name = type(e).__name__
     status = getattr(getattr(e, "response", None), "status_code", None)
     if name in ("RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError") or status == 404:

@@ -6,15 +6,21 @@ read when the adapter is made; the token is the ``token`` argument or ``MODELSCO
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from llmdock.errors import HubError, NotFound
-from llmdock.models.hubs import CHUNK, Body, Listing, RemoteFile
+from llmdock.models.hubs import CHUNK, Body, Listing, RemoteFile, unreachable, unreachable_error
+
+DEFAULT_ENDPOINT = "https://modelscope.cn"
 
 
 def _translate(e: Exception, what: str) -> Exception:
+    if (reason := unreachable(e)) is not None:
+        endpoint = os.environ.get("MODELSCOPE_ENDPOINT") or DEFAULT_ENDPOINT
+        return unreachable_error("ModelScope", endpoint, "MODELSCOPE_ENDPOINT", reason)
     name = type(e).__name__
     status = getattr(e, "status_code", None) or getattr(getattr(e, "response", None), "status_code", None)
     if name == "NotExistError" or status == 404:
@@ -42,6 +48,10 @@ class ModelScopeHub:
         except ImportError:  # pragma: no cover - older modelscope
             from modelscope.hub.api import HubApi  # type: ignore[no-redef]
 
+        if not os.environ.get("MODELSCOPE_LOG_LEVEL"):
+            # The SDK logs each retry as a WARNING on stderr; llmdock reports the outcome itself.
+            for logger in ("modelscope_hub", "modelscope"):
+                logging.getLogger(logger).setLevel(logging.ERROR)
         endpoint = os.environ.get("MODELSCOPE_ENDPOINT") or None
         self._api: Any = HubApi(endpoint=endpoint, token=token or os.environ.get("MODELSCOPE_API_TOKEN"))
 

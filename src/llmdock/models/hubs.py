@@ -64,6 +64,68 @@ class Hub(Protocol):
     ) -> contextlib.AbstractContextManager[Body]: ...
 
 
+_UNREACHABLE_TEXT = (
+    ("NameResolutionError", "its host name does not resolve"),
+    ("Name or service not known", "its host name does not resolve"),
+    ("Temporary failure in name resolution", "its host name does not resolve"),
+    ("Failed to resolve", "its host name does not resolve"),
+    ("Connection refused", "the connection was refused"),
+    ("Network is unreachable", "the network is unreachable"),
+    ("No route to host", "there is no route to it"),
+    ("ProxyError", "the proxy cannot be reached"),
+    ("ConnectTimeout", "connecting timed out"),
+)
+
+
+def unreachable(e: BaseException) -> str | None:
+    """Why a hub could not be reached at all (host unresolved, refused, no route, connect timeout),
+    from the exception chain an SDK raised; None when the hub answered (or the cause is something else).
+
+    The SDKs wrap the socket error two to four times (requests → urllib3 → OSError; httpx →
+    httpcore → OSError), each wrapper repeating it in a longer message: the leaf says it best.
+    """
+    import errno
+    import socket
+
+    chain: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and all(cur is not c for c in chain):
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for c in chain:
+        if isinstance(c, socket.gaierror):
+            return "its host name does not resolve"
+    for c in chain:
+        if isinstance(c, ConnectionRefusedError):
+            return "the connection was refused"
+        if isinstance(c, OSError) and c.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return "there is no route to it"
+    text = " ".join(f"{type(c).__name__} {c}" for c in chain)
+    return next((reason for needle, reason in _UNREACHABLE_TEXT if needle in text), None)
+
+
+def unreachable_error(hub_name: str, endpoint: str, env: str, reason: str) -> HubError:
+    return HubError(
+        f"cannot reach {hub_name} at {endpoint}: {reason}",
+        f"check the network (and HTTPS_PROXY); on a server without internet set {env} to a reachable "
+        "mirror, or copy the weights here and register them with `llmdock models import DIR`",
+    )
+
+
+def first_failure(model_id: str, failures: list[HubError | NotFound]) -> HubError | NotFound:
+    """The one error to raise after every source of ``--source auto`` failed: the only one, or all
+    of them in one line (a HubError when no source could be asked, else NotFound)."""
+    if len(failures) == 1:
+        return failures[0]
+    said = "; ".join(f.message for f in failures)
+    if not any(isinstance(f, NotFound) for f in failures):
+        return HubError(f"no hub could be asked for {model_id}: {said}", failures[0].hint)
+    return NotFound(
+        f"model {model_id} was not found on any source: {said}",
+        "check the model ID, or name a --source and an endpoint that has it",
+    )
+
+
 def open_hub(source: str, token: str | None = None) -> Hub:
     """The real adapter for a source; imports its SDK only now (they are slow to import)."""
     if source == "modelscope":

@@ -28,10 +28,10 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmdock.errors import HubError, InsufficientSpace, LlmdockError, NotFound
+from llmdock.errors import HubError, InsufficientSpace, NotFound
 from llmdock.models import disk, manifest
 from llmdock.models.fetch import Progress, _quiet, fetch_file
-from llmdock.models.hubs import Hub, RemoteFile
+from llmdock.models.hubs import Hub, RemoteFile, first_failure
 from llmdock.models.manifest import FileRecord, Manifest
 from llmdock.models.names import PART_SUFFIX, Layout, ModelRef, check_hub_path, parse_model_id
 
@@ -63,7 +63,7 @@ def pull(
     reached. Raises NotFound, HubError, InsufficientSpace, IntegrityError or InvalidSpec.
     """
     sources = ["modelscope", "huggingface"] if source == "auto" else [source]
-    failures: list[LlmdockError] = []
+    failures: list[HubError | NotFound] = []
     for s in sources:
         ref = parse_model_id(model_id, s, revision)
         hub = store.hub_factory(s, token)
@@ -80,12 +80,7 @@ def pull(
                 "loosen the globs; they match paths like 'model-*.safetensors' or '*.json'",
             )
         return _pull_files(store, hub, ref, listing.commit, wanted, allow_system_disk, progress)
-    if len(failures) == 1:
-        raise failures[0]
-    raise NotFound(
-        f"model {model_id} was not found on any source: " + "; ".join(f.message for f in failures),
-        "check the model ID, or name a --source and an endpoint that has it",
-    )
+    raise first_failure(model_id, failures)
 
 
 def select(files: Sequence[RemoteFile], include: Sequence[str], exclude: Sequence[str]) -> list[RemoteFile]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llmdock.errors import HubError, LlmdockError, NotFound
-from llmdock.models.hubs import open_hub
+from llmdock.errors import HubError, NotFound
+from llmdock.models.hubs import first_failure, open_hub
 from llmdock.models.names import parse_model_id
 
 CONFIG_LIMIT = 4 << 20  # a config.json larger than this is not a config
@@ -20,7 +20,7 @@ def remote_config(
     model_id: str, *, source: str = "modelscope", revision: str | None = None, token: str | None = None
 ) -> tuple[dict[str, Any], list[tuple[str, int]]]:
     """``(config.json as a dict, [(path, size), ...])`` for ``model_id`` on ``source`` (``auto``: both)."""
-    failures: list[LlmdockError] = []
+    failures: list[HubError | NotFound] = []
     for s in ["modelscope", "huggingface"] if source == "auto" else [source]:
         ref = parse_model_id(model_id, s, revision)
         hub = open_hub(s, token)
@@ -46,11 +46,4 @@ def remote_config(
                 f"{ref.key}: config.json is not JSON ({e})", "check the model repository"
             ) from None
         return config, [(f.path, f.size) for f in listing.files]
-    raise (
-        failures[0]
-        if len(failures) == 1
-        else NotFound(
-            f"model {model_id} was not found on any source: " + "; ".join(f.message for f in failures),
-            "check the model ID, or name a --source and an endpoint that has it",
-        )
-    )
+    raise first_failure(model_id, failures)
