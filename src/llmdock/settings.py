@@ -89,6 +89,59 @@ def config_path(environ: Mapping[str, str] | None = None) -> Path:
     return home(environ) / "config.toml"
 
 
+def _home_named(environ: Mapping[str, str]) -> str:
+    """How the user would name the home: the variable that set it, or the default."""
+    return f"LLMDOCK_HOME={environ['LLMDOCK_HOME']}" if environ.get("LLMDOCK_HOME") else "llmdock's home"
+
+
+HOME_HINT = (
+    "point LLMDOCK_HOME at a directory you can write (it is created when missing), "
+    "or unset it to use ~/.local/share/llmdock"
+)
+
+
+STATE_HINT = f"the state database is $LLMDOCK_HOME/state.db: {HOME_HINT}"
+
+
+def check_home(path: Path, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a home that is a file, or lies under one (it could never be created)."""
+    env = os.environ if environ is None else environ
+    existing = path
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        bad = not existing.is_dir()
+    except OSError as e:  # e.g. a parent that cannot be searched
+        raise ConfigError(
+            f"{_home_named(env)} cannot be used: {e.strerror or e} ({path})", HOME_HINT
+        ) from None
+    if bad:
+        where = "" if existing == path else f": {existing} is a file"
+        raise ConfigError(f"{_home_named(env)} is not a directory{where}", HOME_HINT)
+
+
+def ensure_dir(path: Path, what: str, hint: str, mode: int = 0o777) -> Path:
+    """Create the directory ``path`` (and its parents) unless it exists; return it.
+
+    Every directory llmdock writes to comes from a setting, so a failure says which one: ``what``
+    names the directory (``"the state directory"``), ``hint`` the setting to change. Raises
+    ConfigError, never a bare OSError.
+
+    Example::
+
+        ensure_dir(settings.home, "llmdock's home", HOME_HINT, mode=0o700)
+    """
+    try:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{what} {path} is not a directory", hint) from None
+    except OSError as e:
+        raise ConfigError(f"cannot create {what} {path}: {e.strerror or e}", hint) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path} is not writable by this user", hint)
+    return path
+
+
 def validate(key: str, value: str) -> str:
     """Check one value for a known key; return it normalised or raise ConfigError."""
     if key not in KEYS:
@@ -116,6 +169,8 @@ def read_file(path: Path) -> dict[str, str]:
         return {}
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid TOML: {e}", f"fix or delete {path}") from e
+    except NotADirectoryError:
+        raise ConfigError(f"{path.parent} is not a directory, so {path} cannot be read", HOME_HINT) from None
     except OSError as e:
         raise ConfigError(
             f"{path} cannot be read: {e.strerror or e}", "make it a readable file, or move it aside"
@@ -202,6 +257,7 @@ class Settings:
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
+    check_home(home(env), env)
     file_values = read_file(config_path(env))
     values: dict[str, str] = {}
     sources: dict[str, str] = {}

@@ -8,6 +8,7 @@ can refuse a request that cannot fit *before* fetching 140 GB. ``fetch`` then pu
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +47,28 @@ def is_hub_id(model: str) -> bool:
     return not looks_like_path(model) and model.count("/") == 1 and not Path(model).exists()
 
 
+def _unreadable(what: Path, directory: Path) -> InvalidSpec:
+    return InvalidSpec(
+        f"{what} cannot be read by this user (permission denied)",
+        f"make the weights readable (e.g. `chmod -R a+rX {directory}`), or run llmdock as a user who can read them",
+    )
+
+
 def _checked(path: Path, model: str) -> Path:
-    if not path.is_dir() or not (path / "config.json").is_file():
+    """``path`` resolved, when it is a model directory this user can read; else one clear error."""
+    config = path / "config.json"
+    try:
+        is_model = path.is_dir() and config.is_file()
+    except PermissionError:  # the directory cannot be searched: config.json cannot even be seen
+        raise _unreadable(path, path) from None
+    if not is_model:
         raise InvalidSpec(
             f"{model!r} has no config.json", "point MODEL at the directory that holds config.json"
         )
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise _unreadable(path, path)
+    if not os.access(config, os.R_OK):
+        raise _unreadable(config, path)
     return path.resolve()
 
 
@@ -117,5 +135,7 @@ def read_facts(model_dir: Path) -> tuple[ModelFacts | None, str]:
         raise InvalidSpec(
             f"{model_dir}/config.json is not valid JSON: {e}", "re-download or repair the model"
         ) from e
+    except PermissionError as e:  # a shard the engine could not load either
+        raise _unreadable(Path(e.filename or model_dir), model_dir) from None
     except (OSError, ValueError, KeyError, TypeError, LlmdockError) as e:
         return None, f"GPU memory not checked: the planner cannot read this model's config ({e})"

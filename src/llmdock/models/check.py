@@ -129,19 +129,13 @@ def import_local(
     from llmdock.models.store import LocalModel
 
     root = path.expanduser().absolute()
-    if not root.is_dir():
-        raise NotFound(
-            f"{root} is not a directory", "give the directory that holds config.json and the weights"
-        )
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    if not files:
+    try:
+        files = _model_files(root)
+    except PermissionError as e:
         raise InvalidSpec(
-            f"{root} holds no files", "give the directory that holds config.json and the weights"
-        )
+            f"{e.filename or root} cannot be read by this user (permission denied); nothing was imported",
+            f"make the weights readable (e.g. `chmod -R a+rX {root}`), or import as a user who can read them",
+        ) from None
     ref = parse_model_id(name or _default_name(root), "local")
     lay = store.layout(ref)
     with store.lock(ref, progress):
@@ -176,6 +170,41 @@ def import_local(
         )
         manifest.write(lay.manifest, m)
     return LocalModel(ref, m)
+
+
+def _model_files(root: Path) -> list[Path]:
+    """The files of the model directory ``root`` (dot-files and dot-directories such as ``.cache``
+    and ``.git`` are not the model's); raises when ``root`` is not a model directory, and
+    PermissionError for anything in it that cannot be read (not skipped: a partial import would
+    verify as complete)."""
+    if not root.is_dir():
+        raise NotFound(
+            f"{root} is not a directory", "give the directory that holds config.json and the weights"
+        )
+    if not (root / "config.json").is_file():
+        nested = sorted(p.parent for p in root.glob("*/config.json")) + sorted(
+            p.parent for p in root.glob("*/*/config.json")
+        )
+        raise InvalidSpec(
+            f"{root} has no config.json, so no engine could load it as a model; nothing was imported",
+            f"import {nested[0]} instead (it holds config.json)"
+            if nested
+            else "give the directory that holds config.json and the weights (e.g. what `modelscope download` wrote)",
+        )
+
+    def refuse(e: OSError) -> None:
+        raise e
+
+    files = []
+    for top, dirs, names in os.walk(root, onerror=refuse):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for n in names:
+            p = Path(top) / n
+            if not n.startswith(".") and p.is_file():
+                if not os.access(p, os.R_OK):
+                    raise PermissionError(13, "Permission denied", str(p))
+                files.append(p)
+    return sorted(files)
 
 
 def _copy_in(

@@ -29,6 +29,10 @@ from llmdock.models.hubs import Hub, open_hub
 from llmdock.models.manifest import Manifest
 from llmdock.models.names import Layout, ModelRef, check_source, layout, looks_like_path, parse_model_id
 
+MODELS_DIR_HINT = (
+    "choose a writable one on a big data disk: --models-dir DIR, LLMDOCK_MODELS_DIR, "
+    "or `llmdock config set models_dir DIR`"
+)
 UsedBy = Callable[[Path], Sequence[str]]  # model dir -> names of deployments that use it
 HubFactory = Callable[[str, "str | None"], Hub]
 
@@ -55,16 +59,29 @@ class LocalModel:
 
     @property
     def status(self) -> str:
+        """``verified``, ``damaged`` (a verify found bad files), ``partial`` (being pulled or
+        repaired), or for an imported model whose directory changed since: ``missing`` (gone),
+        ``no config.json`` (not a model an engine can load) or ``unreadable``."""
         if self.manifest.bad_files:
             return "damaged"
-        return "verified" if self.manifest.complete else "partial"
+        if not self.manifest.complete:
+            return "partial"
+        if self.manifest.imported:  # the user's directory: it can change under us, look again
+            try:
+                if not self.path.is_dir():
+                    return "missing"
+                if not (self.path / "config.json").is_file():
+                    return "no config.json"
+            except PermissionError:
+                return "unreadable"
+        return "verified"
 
     @property
     def total_bytes(self) -> int:
         return self.manifest.total_bytes
 
     def as_dict(self) -> dict[str, Any]:
-        m = self.manifest
+        m, status = self.manifest, self.status
         return {
             "name": self.ref.repo_id,
             "key": self.key,
@@ -74,8 +91,8 @@ class LocalModel:
             "path": m.path,
             "size": self.total_bytes,
             "files": len(m.files),
-            "status": self.status,
-            "verified": self.complete,
+            "status": status,
+            "verified": status == "verified",
             "imported": m.imported,
             "completed_at": m.completed_at,
             "verified_at": m.verified_at,
@@ -118,6 +135,9 @@ class ModelStore:
     @contextlib.contextmanager
     def lock(self, ref: ModelRef, progress: Progress = _quiet) -> Iterator[None]:
         """Hold the model's lock (fcntl.flock; the kernel drops it if we die). Waits for another pull."""
+        from llmdock.settings import ensure_dir
+
+        ensure_dir(self.root, "the models directory", MODELS_DIR_HINT)
         path = self.layout(ref).lock
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

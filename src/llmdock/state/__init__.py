@@ -45,8 +45,15 @@ class Store:
     """Small typed facade over the state database at ``path`` (created and migrated on open)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.touch(mode=0o600, exist_ok=True)  # it holds key hashes and usage: owner only
+        from llmdock.settings import STATE_HINT, ensure_dir
+
+        ensure_dir(path.parent, "the state directory", STATE_HINT, mode=0o700)
+        try:
+            path.touch(mode=0o600, exist_ok=True)  # it holds key hashes and usage: owner only
+        except OSError as e:
+            raise ConfigError(
+                f"the state database {path} cannot be created: {e.strerror or e}", STATE_HINT
+            ) from None
         try:
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
