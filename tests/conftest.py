@@ -87,5 +87,5 @@ def cli(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {}), "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
     )

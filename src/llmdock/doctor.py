@@ -48,6 +48,7 @@ class Facts:
     port_range: tuple[int, int] = (8001, 8999)
     micromamba: str | None = None
     micromamba_version: str = ""
+    engine_envs: list[str] = field(default_factory=list)  # the local runtime's environments ("vllm (vllm)")
 
 
 def parse_cuda_tag(image: str) -> Version | None:
@@ -109,11 +110,13 @@ def checks(f: Facts) -> list[Check]:
     if f.docker_version:
         out.append(Check("Docker daemon", "ok", f"reachable, version {f.docker_version}"))
     else:
+        # A host that runs engines on the local runtime does not need Docker: then it is a warning.
         out.append(
             Check(
                 "Docker daemon",
-                "fail",
-                f.docker_error or "not reachable",
+                "warn" if f.engine_envs else "fail",
+                (f.docker_error or "not reachable")
+                + (f"; the local runtime has {', '.join(f.engine_envs)}" if f.engine_envs else ""),
                 START_HINT + "; or deploy without Docker: `llmdock up MODEL --runtime local`",
             )
         )
@@ -241,6 +244,14 @@ def gather(s: Settings, runtimes: dict[str, Any]) -> Facts:
             f.images[image] = parse_cuda_tag(image) or image_cuda(client, image)
     facts = probe(s.models_dir)
     f.models_dir, f.free_bytes, f.on_root_fs = str(facts.path), facts.free, facts.on_root_fs
+    try:
+        from llmdock.envs import Envs
+
+        f.engine_envs = [
+            f"{e.name} ({e.engine()})" for e in Envs(s.envs_dir).list() if e.engine() and e.complete
+        ]
+    except (LlmdockError, OSError):
+        f.engine_envs = []
     f.micromamba = find()
     if f.micromamba:
         try:

@@ -85,11 +85,15 @@ class GpuUnavailable(Conflict):
 
 
 class SpecChanged(Conflict):
-    def __init__(self, name: str) -> None:
+    """``changed`` lists ``field: old -> new`` for what differs (empty when the old spec is unknown)."""
+
+    def __init__(self, name: str, changed: tuple[str, ...] = ()) -> None:
+        what = f" ({'; '.join(changed)})" if changed else ""
         super().__init__(
-            f"deployment {name!r} already exists with a different spec",
+            f"deployment {name!r} already exists with a different spec{what}",
             f"add --replace to remove it and deploy the new spec, or pick another --name than {name!r}",
         )
+        self.changed = changed
 
 
 class RuntimeUnavailable(LlmdockError):

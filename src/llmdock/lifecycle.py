@@ -76,6 +76,15 @@ def detect_gpus() -> tuple[Gpu, ...]:
     return detect()[0]
 
 
+def spec_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, ...]:
+    """``field: old -> new`` for each field that differs (secret env values stay masked)."""
+    return tuple(
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key) and key != "name"
+    )
+
+
 def assume_version(engine: str, image: str, *, probed: bool) -> tuple[str | None, str]:
     """The engine version to render flags for when the image could not tell, and a note that says so:
     from the image's tag or llmdock's table of known images, else the newest release llmdock claims."""
@@ -268,7 +277,7 @@ class Lifecycle:
         exclude = existing.port if existing is not None and replace else None
         if existing is not None and not replace:
             if existing.spec_hash != self.resolve(spec).hash():
-                raise SpecChanged(spec.name)
+                raise SpecChanged(spec.name, spec_diff(existing.spec, self.resolve(spec).public_dict()))
             self._adopt(existing)
             action = "unchanged"
             if not existing.running:

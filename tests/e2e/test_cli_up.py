@@ -48,11 +48,21 @@ def test_up_chat_logs_stop_start_rm(home: Path, engine_image: str, tiny_model: P
     again = cli("up", str(tiny_model), "--engine", "transformers", "--name", name, "--json")
     assert json.loads(again.stdout)["action"] == "unchanged"
 
+    quiet, everything = cli("logs", name).stdout, cli("logs", name, "--all").stdout
+    probe = '"GET /health HTTP/1.1" 200'
+    assert probe in everything and probe not in quiet and "/v1/chat/completions" in quiet
+
     assert cli("stop", name, "--timeout", "5").returncode == 0
     assert ps()[name]["state"] == "exited"
+    narrow = cli("ps", env={"COLUMNS": "80"}).stdout
+    assert f"{name} " in narrow and "stopped" in narrow and "exited (" not in narrow
+    assert "…" not in narrow and str(tiny_model) in "".join(narrow.split())  # folded, not cut
     start = cli("start", name)
     assert start.returncode == 0, start.stderr
+    assert start.stdout.startswith(f"{name} started")
     assert chat(port, served).choices
+    again = cli("start", name)
+    assert again.returncode == 0 and again.stdout.strip() == f"{name} already running"
 
     refused = cli("rm", name)
     assert refused.returncode == 1 and "is running" in refused.stderr and "rm -f" in refused.stderr

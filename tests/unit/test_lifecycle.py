@@ -50,7 +50,8 @@ def test_different_spec_needs_replace(lc: Lifecycle, model: str) -> None:
     lc.up(spec(model), wait=False)
     with pytest.raises(SpecChanged) as e:
         lc.up(spec(model, dtype="float32"), wait=False)
-    assert "--replace" in e.value.hint
+    assert "--replace" in e.value.hint and e.value.changed == ("dtype: None -> 'float32'",)
+    assert "dtype: None -> 'float32'" in e.value.message
     result = lc.up(spec(model, dtype="float32"), wait=False, replace=True)
     assert result.action == "replaced"
     assert lc.runtime.get("t").spec["dtype"] == "float32"  # type: ignore[union-attr]

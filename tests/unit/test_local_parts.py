@@ -210,6 +210,15 @@ def test_doctor_checks_fail_without_docker_and_warn_on_stale() -> None:
     assert doctor.to_dict(list(by_name.values()))["ok"] is False
 
 
+def test_doctor_is_ok_without_docker_on_a_local_runtime_host() -> None:
+    facts = doctor.Facts(
+        docker_error="not reachable", models_dir="/m", free_bytes=1 << 40, engine_envs=["vllm (vllm)"]
+    )
+    by_name = {c.name: c for c in doctor.checks(facts)}
+    assert by_name["Docker daemon"].status == "warn" and "vllm (vllm)" in by_name["Docker daemon"].detail
+    assert doctor.to_dict(list(by_name.values()))["ok"] is True
+
+
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,7 @@ import typer
 
 if TYPE_CHECKING:
     from llmdock.lifecycle import Lifecycle, PullOptions
+    from llmdock.runtimes.base import Deployment
     from llmdock.runtimes.multi import Member
     from llmdock.settings import Settings
     from llmdock.spec import DeploymentSpec
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 Name = Annotated[str, typer.Argument(help="Deployment name (see `llmdock ps`).")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the engine serves.")]
-Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for readiness.")]
+Timeout = Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for readiness.")]
 
 
 def runtimes(s: Settings) -> dict[str, Member]:
@@ -121,7 +123,8 @@ def up(
         typer.Option(
             "--env",
             "-e",
-            help="KEY=VALUE for the engine; with --runtime local, NAME picks the engine environment.",
+            metavar="KEY=VALUE",
+            help="KEY=VALUE for the engine (repeatable); with --runtime local, NAME picks the engine environment.",
         ),
     ] = None,
     runtime: Annotated[
@@ -281,8 +284,12 @@ def split_env(values: list[str], runtime: str) -> tuple[list[str], str | None]:
     return [v for v in values if "=" in v], names[0]
 
 
-def supervision() -> dict[str, tuple[str, int]]:
-    """Health marks `llmdock serve` recorded (latest event, restarts), if there is a state database."""
+LIFECYCLE_EVENTS = ("created", "started", "stopped", "ready", "failed", "replaced", "adopted")
+
+
+def supervision(kinds: tuple[str, ...] | None = None) -> dict[str, tuple[str, int]]:
+    """Health marks `llmdock serve` recorded (latest event, restarts), if there is a state database;
+    with ``kinds``, the latest event of those kinds instead."""
     from llmdock.errors import LlmdockError
     from llmdock.settings import load
     from llmdock.state import Store
@@ -291,9 +298,17 @@ def supervision() -> dict[str, tuple[str, int]]:
     if not path.exists():
         return {}
     try:
-        return Store(path).health()
+        store = Store(path)
+        return store.health(kinds) if kinds else store.health()
     except LlmdockError:
         return {}
+
+
+def state_text(d: Deployment, last: str) -> str:
+    """``running``; ``stopped`` for one `llmdock stop` stopped; ``exited (1)`` for one that died."""
+    if d.state == "exited" and last == "stopped":
+        return "stopped"
+    return d.state + (f" ({d.exit_code})" if d.state == "exited" and d.exit_code is not None else "")
 
 
 def ps(json_out: Json = False) -> None:
@@ -308,6 +323,7 @@ def ps(json_out: Json = False) -> None:
     deps = rts.deployments()
     print_notes(rts.notes)
     health = supervision()
+    last = supervision(LIFECYCLE_EVENTS)
     if json_out:
         rows = [{k: v for k, v in vars(d).items() if k != "spec"} for d in deps]
         for row, d in zip(rows, deps, strict=True):
@@ -317,9 +333,10 @@ def ps(json_out: Json = False) -> None:
         return
     table = Table(box=None, header_style="bold")
     for col in ("NAME", "STATE", "RUNTIME", "ENGINE", "PORT", "GPUS", "MODEL"):
-        table.add_column(col)
+        # Names and paths wrap instead of shrinking to "demo/big-mo…" on an 80-column terminal.
+        table.add_column(col, overflow="fold", min_width=len(col) if col != "MODEL" else 12)
     for d in deps:
-        state = d.state + (f" ({d.exit_code})" if d.state == "exited" and d.exit_code is not None else "")
+        state = state_text(d, last.get(d.name, ("", 0))[0])
         state += " [red]crashed[/red]" if d.error else ""
         kind, restarts = health.get(d.name) or health.get(d.group) or ("", 0)
         if d.running and kind in ("unhealthy", "restart-failed", "gave-up"):
@@ -330,17 +347,26 @@ def ps(json_out: Json = False) -> None:
     out.print(table if deps else "no deployments (start one with `llmdock up MODEL`)")
 
 
+# An engine's access-log line for a successful health, model-list or metrics probe: `llmdock serve`
+# and `up` send one every second or so, and vLLM and `transformers serve` log every request.
+PROBE_LINE = re.compile(r'"(?:GET|HEAD) (?:/health|/v1/models|/metrics)(?:\?[^"]*)? HTTP/[\d.]+" 200\b')
+
+
 def logs(
     name: Name,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     tail: Annotated[int | None, typer.Option("--tail", "-n", min=0, help="Only the last N lines.")] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also the engine's lines for successful health and metrics probes.")
+    ] = False,
 ) -> None:
-    """Print the engine's log (what `tail -f nohup.out` showed)."""
+    """Print the engine's log (what `tail -f nohup.out` showed), without the probes' access lines."""
     import sys
 
     for line in lifecycle().logs(name, tail=tail, follow=follow):
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        if show_all or not PROBE_LINE.search(line):
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
 
 
 def stop(name: Name, timeout: Annotated[float, typer.Option(help="Seconds before SIGKILL.")] = 30.0) -> None:
@@ -351,9 +377,12 @@ def stop(name: Name, timeout: Annotated[float, typer.Option(help="Seconds before
 
 def start(name: Name, wait: Wait = True, timeout: Timeout = 3600.0) -> None:
     """Start a stopped deployment and wait until it serves."""
+    lc = lifecycle()
+    running = all(lc.get(member).running for member in lc.names(name))
     with phase_status(wait, name) as on_phase:
-        took = lifecycle().start(name, wait=wait, timeout=timeout, on_phase=on_phase)
-    typer.echo(f"started {name}" + (f", ready in {took:.1f}s" if took is not None else ""))
+        took = lc.start(name, wait=wait, timeout=timeout, on_phase=on_phase)
+    verb = "already running" if running else "started"
+    typer.echo(f"{name} {verb}" + (f", ready in {took:.1f}s" if took is not None and not running else ""))
 
 
 def restart(name: Name, wait: Wait = True, timeout: Timeout = 3600.0) -> None:

@@ -107,13 +107,18 @@ def make_plan(
     problems: list[str] = []
     blocking: list[str] = []  # problems of the request itself, not of this host's current state
 
+    errors: list[LlmdockError] = []
+
     def check(err: LlmdockError) -> None:
-        if strict:
-            raise err
+        # Planning goes on with stand-in values either way; a strict plan raises at the end, a problem
+        # of the request itself before one of this host's state (a bad --tp says more than a missing image).
+        errors.append(err)
         problems.append(f"{err.message} ({err.hint})" if err.hint else err.message)
         if not isinstance(err, HOST_STATE):
             blocking.append(problems[-1])
 
+    if not image_present:  # first: a named environment or image that is not there says more than GPUs
+        check(EnvMissing(image, spec.engine) if spec.runtime == "local" else ImageMissing(image))
     request = parse_gpus(spec.gpus)
     if request.kind != "none" and not inv.gpu_runtime:
         check(
@@ -220,8 +225,6 @@ def make_plan(
     except LlmdockError as e:
         check(e)
         port = spec.port or port_range[0]
-    if not image_present:
-        check(EnvMissing(image, spec.engine) if spec.runtime == "local" else ImageMissing(image))
 
     local = spec.runtime == "local"
     # Docker mounts the weights under /work as the procedure did; a local process reads them in place.
@@ -270,6 +273,8 @@ def make_plan(
         env={**DEFAULT_ENV, **device_env, **spec.env},
         cpuset_cpus=spec.cpus,
     )
+    if strict and errors:
+        raise next((e for e in errors if not isinstance(e, HOST_STATE)), errors[0])
     return Plan(
         spec=spec,
         gpus=gpus,

@@ -1,0 +1,34 @@
+"""Bad input on the command line: one clear line and a hint, the right exit code, nothing created."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["--timeout", "-5"], 2, "Invalid value for '--timeout'"),
+        (["--runtime", "local", "--env", "nosuchenv"], 1, "engine environment 'nosuchenv' does not exist"),
+        (["--cpus", "0-99999", "--gpus", "none"], 1, "which this host does not have"),
+        (
+            ["--kv-cache-space", "2", "--gpus", "all"],
+            1,
+            "--kv-cache-space sizes the KV cache of vLLM on the CPU",
+        ),
+    ],
+)
+def test_up_refuses_with_one_line(home: Path, model: str, args: list[str], code: int, fragment: str) -> None:
+    done = cli("up", model, "--name", "x", *args)
+    assert done.returncode == code and fragment in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["up", "plan"])
+def test_help_shows_what_to_write_not_python_types(command: str) -> None:
+    done = cli(command, "--help")
+    assert done.returncode == 0 and "<list[str]>" not in done.stdout and "KEY=VALUE" in done.stdout
