@@ -10,6 +10,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 READY_GOAL_S = 1.0
 LOAD_GOAL = 0.02
+POLL_S = {"llmdock": 0.1, "bare": 0.05}  # readiness poll intervals of the two paths
 
 COMMANDS = """```bash
 benchmarks/vllm/run                      # both parts: --runs 5 pairs, --rounds 3 per profile
@@ -58,6 +59,13 @@ def ready_section(r: dict[str, Any]) -> list[str]:
         f"exit): {f(up['outside_wait_s'])} s. Measured apart (median of 5): `llmdock --help` "
         f"{f(r['cli']['cli_help_s'])} s, `llmdock up --dry-run --json` {f(r['cli']['up_dry_run_s'])} s.",
     ]
+    fixed = up["outside_wait_s"] - bare["started_s"] + (POLL_S["llmdock"] - POLL_S["bare"]) / 2
+    lines.append(
+        f"- **llmdock's fixed cost, free of the engine's noise: ≈ {f(fixed)} s** = llmdock outside its "
+        f"readiness wait ({f(up['outside_wait_s'])} s) − bare's time to the engine process starting "
+        f"({f(bare['started_s'])} s) + the mean extra delay of a 0.1 s poll over a 0.05 s one "
+        f"({f((POLL_S['llmdock'] - POLL_S['bare']) / 2, 3)} s)."
+    )
     if "cold" in r:
         c = r["cold"]
         lines.append(
@@ -69,10 +77,11 @@ def ready_section(r: dict[str, Any]) -> list[str]:
         f"{x['path'][0].upper()}{x['index']} {f(x['total_s'], 1)}" for x in r["runs"] if not x["cold"]
     )
     lines += ["", f"Every run, in order (L = llmdock, B = bare), seconds: {per}", ""]
-    ok = max(added["median_minus_median"], added["median_of_pairs"]) <= READY_GOAL_S
+    ok = max(added["median_minus_median"], added["median_of_pairs"], fixed) <= READY_GOAL_S
     lines.append(
         f"Goal ≤ {READY_GOAL_S:.0f} s added: **{'met' if ok else 'not met'}** "
-        f"({f(added['median_of_pairs'])} s paired, {f(added['median_minus_median'])} s by medians)."
+        f"({f(added['median_of_pairs'])} s paired, {f(added['median_minus_median'])} s by medians, "
+        f"≈ {f(fixed)} s fixed cost)."
     )
     return lines
 
