@@ -32,3 +32,16 @@ def test_up_refuses_with_one_line(home: Path, model: str, args: list[str], code:
 def test_help_shows_what_to_write_not_python_types(command: str) -> None:
     done = cli(command, "--help")
     assert done.returncode == 0 and "<list[str]>" not in done.stdout and "KEY=VALUE" in done.stdout
+
+
+@pytest.mark.parametrize(("shell", "var"), [("bash", "complete_bash"), ("zsh", "complete_zsh")])
+def test_shell_completion_completes_up_flags(shell: str, var: str) -> None:
+    script = cli("--show-completion", shell, env={"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
+    assert script.returncode == 0 and "_LLMDOCK_COMPLETE" in script.stdout
+    words = (
+        {"COMP_WORDS": "llmdock up --tens", "COMP_CWORD": "2"}
+        if shell == "bash"
+        else {"_TYPER_COMPLETE_ARGS": "llmdock up --tens"}
+    )
+    done = cli(env={"_LLMDOCK_COMPLETE": var, **words})
+    assert "--tensor-parallel-size" in done.stdout

@@ -23,7 +23,7 @@ app = typer.Typer(
     help="Deploy open-weight LLMs on your own GPU servers: weights -> plan -> container -> ready endpoint.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion bash|zsh, --show-completion (typer)
     rich_markup_mode=None,
 )
 deploy.register(app)
@@ -42,7 +42,7 @@ def run() -> None:
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
     try:
-        app()
+        app(prog_name="llmdock")  # also under `python -m llmdock.cli.main` (completion scripts name it)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
