@@ -57,6 +57,16 @@ def model(tmp_path: Path) -> str:
     return str(d)
 
 
+@contextlib.contextmanager
+def own_home(path: Path) -> Iterator[Path]:
+    """LLMDOCK_HOME set to ``path`` (and no other LLMDOCK_* variable) for a module-scoped fixture."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLMDOCK_HOME", str(path))
+        for var in [v for v in os.environ if v.startswith("LLMDOCK_") and v != "LLMDOCK_HOME"]:
+            mp.delenv(var)
+        yield path
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh LLMDOCK_HOME for each test, so state never leaks between tests."""

