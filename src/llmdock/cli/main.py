@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from llmdock.cli import apply as apply_cmd
 from llmdock.cli import config as config_cmd
 from llmdock.cli import demo as demo_cmd
 from llmdock.cli import deploy
@@ -35,6 +36,7 @@ app.add_typer(envs_cmd.app, name="env")
 app.command("doctor")(doctor_cmd.doctor)
 app.command("demo")(demo_cmd.demo)
 serve_cmd.register(app)
+apply_cmd.register(app)
 
 
 def run() -> None:

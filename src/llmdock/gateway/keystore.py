@@ -147,3 +147,22 @@ def parse_duration(text: str) -> float:
     if value <= 0:
         raise InvalidSpec(f"duration {text!r} must be positive", "write it like 90s, 15m, 2h or 1d")
     return value * (scale or 1)
+
+
+def update_key(
+    keystore: KeyStore,
+    name: str,
+    *,
+    models: tuple[str, ...] = (),
+    rpm: int | None = None,
+    admin: bool = False,
+) -> None:
+    """Change an active key's scope and limits in place; its secret stays (``llmdock apply``)."""
+    if rpm is not None and rpm < 1:
+        raise InvalidSpec("rpm must be at least 1", "give e.g. rpm: 60, or leave it out for no limit")
+    cur = keystore.db.execute(
+        "UPDATE api_keys SET models=?, rpm=?, admin=? WHERE name=? AND revoked_at IS NULL",
+        (",".join(models), rpm, int(admin), name),
+    )
+    if cur.rowcount == 0:
+        raise NotFound(f"no active key named {name!r}", "list keys with `llmdock keys ls`")
