@@ -30,6 +30,8 @@ from loadgen import SyncClient, open_loop, request_bytes
 
 HERE = Path(__file__).parent
 UP, LLMDOCK, NGINX, LITELLM, BARE = 9301, 9302, 9303, 9304, 9305
+# Server candidates for the gateway (bare_asgi.py): name -> port; measured side by side only.
+CANDIDATES = {"uvicorn-httptools": 9306, "uvicorn-h11": 9307, "granian": 9308}
 JSON_BODY = json.dumps(
     {"model": "mock", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
 ).encode()
@@ -227,6 +229,12 @@ def main() -> None:
         "--side-rounds", type=int, default=40, help="rounds of the side-by-side c=1 phase (0: none)"
     )
     ap.add_argument("--side-per-round", type=int, default=1000)
+    ap.add_argument(
+        "--candidates",
+        default="",
+        help="comma-separated bare ASGI server candidates (bare_asgi.py) to add to the side-by-side phase: "
+        + ", ".join(CANDIDATES),
+    )
     ap.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from results.json")
     args = ap.parse_args()
     if args.runs == 0 and not args.side_rounds:
@@ -286,6 +294,13 @@ def main() -> None:
                     argv, port, env_p = launch(name, tmp, args)
                     p = stack.enter_context(process(argv, 0, port, env_p, tmp / f"{name}.log"))
                     until_serving(port, key_of(name, key))
+                    targets[name] = (port, p.pid)
+                for name in (c for c in args.candidates.split(",") if c):
+                    port = CANDIDATES[name]
+                    argv = [py, str(HERE / "bare_asgi.py"), name, str(port), str(UP)]
+                    env_c = {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("GRANIAN_PATH", "")])}
+                    p = stack.enter_context(process(argv, 0, port, env_c, tmp / f"{name}.log"))
+                    until_serving(port, None)
                     targets[name] = (port, p.pid)
                 results["side_by_side"] = side_by_side(targets, key, args.side_rounds, args.side_per_round)
         for i in range(args.runs):
@@ -483,7 +498,7 @@ def report(results: dict[str, Any]) -> str:
         ]
         for name, r in side["paths"].items():
             side_rows.append(
-                f"| {names[name]} | {r['cpu_us_per_request']:.0f} µs | {cell(r['cpu_vs_nginx'])}× "
+                f"| {names.get(name, name)} | {r['cpu_us_per_request']:.0f} µs | {cell(r['cpu_vs_nginx'])}× "
                 f"| {r['added_p50_ms']:.2f} ms |"
             )
     goals = []

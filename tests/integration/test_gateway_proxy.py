@@ -120,6 +120,7 @@ def test_keys_401_403_429_and_revoke(home: Path, tmp_path: Path, upstream: Upstr
     full = cli("keys", "create", "alice").stdout.strip()
     limited = cli("keys", "create", "bob", "--models", "other", "--rpm", "1").stdout.strip()
     slow = cli("keys", "create", "carol", "--rpm", "1").stdout.strip()
+    admin = cli("keys", "create", "root", "--admin").stdout.strip()
     assert full.startswith("sk-llmdock-") and full not in cli("keys", "ls").stdout
     with serve(tmp_path, "--no-docker", "--route", f"mock={upstream.url}") as gw, httpx.Client() as c:
         url, body = gw.url + "/v1/chat/completions", {"model": "mock", "messages": []}
@@ -142,7 +143,9 @@ def test_keys_401_403_429_and_revoke(home: Path, tmp_path: Path, upstream: Upstr
             c.get(gw.url + "/admin/v1/models", headers={"Authorization": f"Bearer {full}"}).status_code == 403
         )
         assert c.get(gw.url + "/metrics").status_code == 401  # with keys, metrics need one too
-        assert c.get(gw.url + "/metrics", headers={"Authorization": f"Bearer {limited}"}).status_code == 200
+        # ... an admin one: they name every key and model (issue 12, defect 12)
+        assert c.get(gw.url + "/metrics", headers={"Authorization": f"Bearer {limited}"}).status_code == 403
+        assert c.get(gw.url + "/metrics", headers={"Authorization": f"Bearer {admin}"}).status_code == 200
         assert cli("keys", "revoke", "alice").returncode == 0
         assert wait_for(
             lambda: c.post(url, json=body, headers={"Authorization": f"Bearer {full}"}).status_code == 401

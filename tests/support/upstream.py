@@ -41,6 +41,7 @@ class Upstream:
         self.models = models
         self.chunks = chunks
         self.bodies: list[dict[str, Any]] = []
+        self.paths: list[str] = []  # request targets (path and query) of the POSTs, as received
         self.keep_bodies = True
         self.active_streams = 0
         self.held_streams = 0  # streams waiting (after their first chunk) for release()
@@ -134,6 +135,8 @@ class _Conn(asyncio.Protocol):
             return self.send(
                 200, json.dumps({"data": [{"id": m, "object": "model"} for m in up.models]}).encode()
             )
+        if up.keep_bodies:
+            up.paths.append(path)
         try:
             body = json.loads(raw)
         except ValueError:
@@ -181,6 +184,10 @@ class _Conn(asyncio.Protocol):
                     await asyncio.sleep(delay)
                 elif i % 16 == 15:
                     await asyncio.sleep(0)
+                    while t.get_write_buffer_size() > 1 << 20 and not self.closed:
+                        await asyncio.sleep(0.005)  # a reader that lags: wait, as an engine does
+                if self.closed:
+                    return
             if usage:
                 u = {
                     "choices": [],

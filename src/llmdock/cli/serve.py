@@ -50,14 +50,37 @@ def serve(
         float,
         typer.Option(help="How often, in seconds, deployments are listed and replicas probed."),
     ] = 1.0,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a client has to send a request's line and headers (else 408).")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a client has to send a request's body after its headers (else 408)."),
+    ] = 60.0,
+    send_timeout: Annotated[
+        float, typer.Option(help="Seconds a client may read nothing of an answer before it is cut off.")
+    ] = 60.0,
+    idle_timeout: Annotated[
+        float, typer.Option(help="Seconds a keep-alive connection may wait for its next request.")
+    ] = 75.0,
+    max_connections: Annotated[int, typer.Option(help="Open connections in all (beyond: 503).")] = 10_000,
+    max_connections_per_ip: Annotated[
+        int, typer.Option(help="Open connections per client address (beyond: 429).")
+    ] = 1_000,
+    drain: Annotated[
+        float, typer.Option(help="On SIGTERM, seconds live streams may go on before they are ended.")
+    ] = 30.0,
 ) -> None:
     """Serve every deployment behind one OpenAI-compatible endpoint, with keys, usage and metrics.
 
     Example: llmdock serve --port 8000   then   OPENAI_BASE_URL=http://127.0.0.1:8000/v1
+
+    Every limit is listed, with its default, in llmdock.gateway.limits.
     """
     from llmdock import settings
     from llmdock.errors import InvalidSpec
     from llmdock.gateway.app import ServeOptions, run
+    from llmdock.gateway.limits import Limits
     from llmdock.gateway.proxy import ProxyConfig
     from llmdock.gateway.routing import parse_base
     from llmdock.gateway.supervisor import SupervisorConfig
@@ -87,7 +110,17 @@ def serve(
         insecure=insecure,
         docker=docker,
         routes=tuple(routes),
-        proxy=ProxyConfig(body_limit=int(body_limit_mb * 1024 * 1024), upstream_timeout=upstream_timeout),
+        proxy=ProxyConfig(upstream_timeout=upstream_timeout),
+        limits=Limits(
+            header_timeout_s=header_timeout,
+            body_timeout_s=body_timeout,
+            send_timeout_s=send_timeout,
+            idle_timeout_s=idle_timeout,
+            max_connections=max_connections,
+            max_connections_per_ip=max_connections_per_ip,
+            body_bytes=int(body_limit_mb * 1024 * 1024),
+            drain_s=drain,
+        ),
         supervisor=SupervisorConfig(
             interval_s=health_interval, hold_timeout_s=hold_timeout, queue_max=queue_max
         ),

@@ -11,6 +11,13 @@
     GET    /admin/v1/usage?since=EPOCH
     GET    /openapi.json
 
+Who may call it: with keys configured, an admin key only. With none (the open, loopback-only gateway), a
+caller on loopback whose ``Host`` is ``localhost``/``127.0.0.1``/``[::1]`` (a DNS-rebinding page sends its
+own name) and whose ``Origin``, if any, is one of those too (a web page on another site sends its own;
+``Sec-Fetch-Site: cross-site`` is refused as well). Calls that change state (POST, DELETE) must be
+``Content-Type: application/json``, which a page can send cross-site only after a CORS preflight this
+gateway never grants. The path is matched whole: ``/admin/v1/keys``, not ``/admin/anything/keys``.
+
 Lifecycle calls run in the supervisor's lifecycle thread; errors become OpenAI envelopes.
 """
 
@@ -22,15 +29,75 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from llmdock.errors import Conflict, InvalidSpec, LlmdockError, NotFound
-from llmdock.gateway.http import Request, Response, Stream
+from llmdock.gateway.asgi import Request, Response, Stream
 from llmdock.gateway.keys import Authenticator
 from llmdock.gateway.keystore import KeyStore
 from llmdock.gateway.proxy import error_response, json_response
 from llmdock.gateway.routing import RouteTable
-from llmdock.gateway.wire import BadRequest, BodyTooLarge, GatewayError, NotFoundPath, envelope
+from llmdock.gateway.wire import (
+    AdminOnly,
+    BadRequest,
+    GatewayError,
+    NotFoundPath,
+    UnsupportedMediaType,
+    envelope,
+)
 
 Act = Callable[[Callable[[Any], Any]], Awaitable[Any]]
 BODY_LIMIT = 1024 * 1024
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def host_name(value: str) -> str:
+    """``Host``/``Origin`` value -> the host name alone, lower case (``http://localhost:8000`` -> ``localhost``)."""
+    value = value.strip().lower()
+    if "://" in value:
+        value = value.split("://", 1)[1]
+    value = value.split("/", 1)[0]
+    if value.startswith("["):
+        return value.split("]", 1)[0] + "]"
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def local_caller(request: Request) -> bool:
+    """A caller the open gateway trusts with admin: on loopback, addressed by a local name, not a page
+    from another site (see the module docstring)."""
+    from llmdock.gateway.app import is_loopback
+
+    if not is_loopback(request.client):
+        return False
+    if host_name(request.header("host") or "") not in LOCAL_HOSTS:
+        return False
+    origin = request.header("origin")
+    if origin is not None and host_name(origin) not in LOCAL_HOSTS:
+        return False
+    return (request.header("sec-fetch-site") or "").lower() != "cross-site"
+
+
+def check_admin(auth: Authenticator, request: Request) -> None:
+    """An admin key, or (no key configured) a local caller; 401/403 otherwise."""
+    if auth.open and not auth.require_key:
+        if not local_caller(request):
+            raise AdminOnly(
+                "with no API key configured, admin calls are taken only from this host, addressed as "
+                "localhost or 127.0.0.1, and not from a web page of another site; or create an admin key"
+            )
+        return
+    auth.admin(request.header("authorization"))
+
+
+def split_admin_path(path: str) -> list[str] | None:
+    """``/admin/v1/keys/bob`` -> ``["keys", "bob"]``; None for anything not under ``/admin/v1/``."""
+    parts = path.split("/")
+    if len(parts) < 3 or parts[0] != "" or parts[1] != "admin" or parts[2] != "v1":
+        return None
+    rest = parts[3:]
+    if rest and rest[-1] == "":
+        rest = rest[:-1]
+    if any(p in ("", ".", "..") for p in rest):
+        return None
+    return rest
 
 
 def llmdock_error(e: LlmdockError) -> Response:
@@ -63,8 +130,16 @@ class Admin:
         try:
             if request.path == "/openapi.json":
                 return json_response(OPENAPI)
-            self.auth.admin(request.header("authorization"))
-            parts = [p for p in request.path.split("/") if p][2:]  # after admin/v1
+            check_admin(self.auth, request)
+            parts = split_admin_path(request.path)
+            if parts is None or "%" in request.raw_path.decode("latin-1"):
+                raise NotFoundPath(f"no admin endpoint {request.method} {request.path}; see /openapi.json")
+            if request.method in CHANGES:
+                ctype = (request.header("content-type") or "").split(";", 1)[0].strip().lower()
+                if ctype != "application/json":
+                    raise UnsupportedMediaType(
+                        "admin calls that change state must be sent as Content-Type: application/json"
+                    )
             return await self.route(request, request.method, parts)
         except (ValueError, TypeError) as e:  # a query or body field of the wrong kind
             return error_response(BadRequest(f"bad request: {e}"))
@@ -111,11 +186,15 @@ class Admin:
     async def json(self, request: Request) -> dict[str, Any]:
         import json
 
-        if len(request.body) > BODY_LIMIT:
-            raise BodyTooLarge(f"an admin request body is at most {BODY_LIMIT} bytes")
+        from llmdock.gateway.limits import Limits, json_shape_error
+
+        raw = await request.read(BODY_LIMIT)
+        why = json_shape_error(raw, Limits())
+        if why is not None:
+            raise BadRequest(why)
         try:
-            body = json.loads(request.body)
-        except ValueError:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
             raise BadRequest("the request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
@@ -149,7 +228,7 @@ class Admin:
         lines = await self.act(
             lambda c: c.lc.runtime.logs(name, tail=int(tail) if tail else None, follow=follow)
         )
-        out = request.stream(200, "text/plain; charset=utf-8")
+        out = await request.stream(200, "text/plain; charset=utf-8")
         loop = asyncio.get_running_loop()
         # Its own thread, not the shared pool: a follower of a quiet engine blocks in next() until the
         # next line. When the client leaves, the stream is closed right after that pending read.

@@ -1,9 +1,13 @@
 """Wires the gateway together and runs it: ``Gateway(settings, options).run()``.
 
-Our own HTTP/1.1 server (http.py: no router, no middlewares; the dispatch below is three string checks;
-a client that disconnects cancels its handler) and one pool of keep-alive connections to every engine
-(upstream.py). Health probes use an aiohttp client session, off the hot path. Background tasks: the
-supervisor's tick, the usage flush and the key reload.
+uvicorn with h11 serves the ASGI app (server.py adds the limits; the dispatch below is a few string
+checks; a client that disconnects cancels its handler), and one aiohttp session carries every request
+to engines (engine.py), health probes and metrics scrapes. Background tasks: the supervisor's tick, the
+usage flush and the key reload.
+
+Shutdown (SIGTERM, SIGINT): the listening socket closes and idle connections with it; requests in
+flight go on for up to ``Limits.drain_s``; streams still open then get an SSE error event
+(``gateway_shutdown``) and their end, and what is left is cancelled.
 """
 
 from __future__ import annotations
@@ -14,19 +18,24 @@ import ipaddress
 import logging
 import sqlite3
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from llmdock.errors import LlmdockError
-from llmdock.gateway.admin import Admin
-from llmdock.gateway.http import Request, Response, Server, Stream
+from llmdock.gateway.admin import Admin, check_admin
+from llmdock.gateway.asgi import App, Request, Response, Stream
+from llmdock.gateway.engine import EngineClient
+from llmdock.gateway.engine import session as engine_session
 from llmdock.gateway.keys import Authenticator
 from llmdock.gateway.keystore import KeyStore
+from llmdock.gateway.limits import Limits
 from llmdock.gateway.metrics import Metrics
 from llmdock.gateway.proxy import Proxy, ProxyConfig, UsageBuffer, error_response, json_response
 from llmdock.gateway.routing import Policy, RouteTable
+from llmdock.gateway.server import Server
 from llmdock.gateway.supervisor import (
     DockerSource,
     Source,
@@ -35,8 +44,7 @@ from llmdock.gateway.supervisor import (
     SupervisorConfig,
     static_target,
 )
-from llmdock.gateway.upstream import Pool
-from llmdock.gateway.wire import GatewayError, NotFoundPath
+from llmdock.gateway.wire import GatewayError, NotFoundPath, sse_error
 from llmdock.settings import Settings
 from llmdock.state import Store
 
@@ -54,6 +62,7 @@ class ServeOptions:
     docker: bool = True
     routes: tuple[tuple[str, str], ...] = ()  # (model, base URL) served without Docker
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    limits: Limits = field(default_factory=Limits)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
 
 
@@ -147,7 +156,6 @@ class Gateway:
         self.metrics = Metrics()
         self.usage = UsageBuffer()
         self.session: aiohttp.ClientSession | None = None
-        self.pool: Pool | None = None
         self.server: Server | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.port = options.port
@@ -156,13 +164,7 @@ class Gateway:
         opts = self.options
         check_exposure(opts.host, opts.insecure, not self.auth.open)
         self.auth.require_key = not is_loopback(opts.host) and not opts.insecure
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=None)
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
-        )
+        self.session = engine_session(opts.limits.engine_header_bytes)
         sources: list[Source] = []
         if opts.routes:
             sources.append(StaticSource([static_target(m, u) for m, u in opts.routes]))
@@ -180,37 +182,45 @@ class Gateway:
         self.supervisor = Supervisor(
             self.table, self.metrics, sources, self.session, controller, opts.supervisor
         )
-        self.pool = Pool(opts.proxy.connect_timeout, opts.proxy.upstream_timeout)
+        engines = EngineClient(self.session, opts.proxy.connect_timeout, opts.proxy.upstream_timeout)
         self.proxy = Proxy(
-            self.table, self.auth, self.metrics, self.usage, self.pool, opts.proxy, self.supervisor.hold
+            self.table,
+            self.auth,
+            self.metrics,
+            self.usage,
+            engines,
+            opts.proxy,
+            opts.limits,
+            self.supervisor.hold,
         )
         self.admin = Admin(self.auth, self.keystore, self.table, self.supervisor.act if opts.docker else None)
+        self.server = Server(App(self.dispatch, opts.limits.header_bytes), opts.limits, refused=self.refused)
+        self.port = await self.server.start(opts.host, opts.port)  # first: a taken port fails at once
         await self.supervisor.start()
-        self.server = Server(self.dispatch, opts.proxy.body_limit, refused=self.refused)
-        self.port = await self.server.start(opts.host, opts.port)
         self.tasks = [asyncio.create_task(self.housekeeping())]
 
     async def dispatch(self, request: Request) -> Response | Stream:
         path = request.path
         if path.startswith("/v1/"):
-            return await self.proxy.handle(request)
-        if path == "/metrics":
-            if not self.auth.open or self.auth.require_key:  # it names keys and models: keys see it
-                try:
-                    self.auth.check(request.header("authorization"))
-                except GatewayError as e:
-                    return error_response(e)
+            answer = await self.proxy.handle(request)
+        elif path == "/metrics":
+            try:  # it names keys and models: admin only (a local caller when no key is configured)
+                check_admin(self.auth, request)
+            except GatewayError as e:
+                return error_response(e)
             from llmdock.gateway.engine_metrics import collect
 
             assert self.session is not None
             engines = await collect(self.session, self.table.routes.values(), ENGINE_SCRAPE_TIMEOUT_S)
             body = (self.metrics.render() + engines).encode()
             return Response(200, body, "text/plain; version=0.0.4; charset=utf-8")
-        if path == "/health":
+        elif path == "/health":
             return json_response({"status": "ok", "models": len(self.table.routes)})
-        if path.startswith("/admin/") or path == "/openapi.json":
-            return await self.admin.handle(request)
-        return error_response(NotFoundPath(f"no endpoint {path}; the API is under /v1/"))
+        elif path.startswith("/admin/") or path == "/openapi.json":
+            answer = await self.admin.handle(request)
+        else:
+            return error_response(NotFoundPath(f"no endpoint {path}; the API is under /v1/"))
+        return answer
 
     def refused(self, e: GatewayError) -> None:
         """The server answered ``e`` before a handler saw the request (body or headers over the limit)."""
@@ -238,6 +248,25 @@ class Gateway:
             self.usage.restore(batch)
             raise
 
+    async def drain(self) -> None:
+        """Stop accepting; let requests in flight finish for up to ``drain_s``; then end open streams
+        with an error event."""
+        if self.server is None:
+            return
+        await self.server.stop_accepting()
+        deadline = time.monotonic() + self.options.limits.drain_s
+        while self.server.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.server.busy:
+            event = sse_error(
+                f"the gateway is shutting down; the stream was cut after {self.options.limits.drain_s:g}s",
+                "gateway_shutdown",
+            )
+            for out in list(self.proxy.streams):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(out.write(event), 1.0)
+                    await asyncio.wait_for(out.end(), 1.0)
+
     async def close(self) -> None:
         if self.server is not None:
             await self.server.close()
@@ -247,8 +276,6 @@ class Gateway:
                 await task
         await self.supervisor.close()
         self.flush()
-        if self.pool is not None:
-            self.pool.close()
         if self.session is not None:
             await self.session.close()
 
@@ -271,6 +298,7 @@ class Gateway:
         )
         try:
             await stop.wait()
+            await self.drain()
         finally:
             await self.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,33 +20,38 @@ from time import perf_counter
 from typing import Any
 from urllib.parse import unquote
 
-from llmdock.gateway.http import Request, Response, Stream
+from llmdock.gateway.asgi import Request, Response, Stream
+from llmdock.gateway.engine import Broken, EngineClient, Reply, Silent, Unreachable, UpstreamError
+from llmdock.gateway.forwarding import ENGINE_ROUTES, MULTIPART, forward_target, multipart_model
 from llmdock.gateway.keys import Authenticator, KeyRecord
 from llmdock.gateway.keystore import Usage
+from llmdock.gateway.limits import Limits, json_shape_error
 from llmdock.gateway.metrics import Metrics
 from llmdock.gateway.routing import Replica, Route, RouteTable, pick
 from llmdock.gateway.sse import UsageMeter, has_usage_event, strip_usage_event, wants_usage
-from llmdock.gateway.upstream import Broken, Pool, Reply, Silent, Unreachable, UpstreamError
 from llmdock.gateway.wire import (
     BadRequest,
     GatewayError,
+    MethodNotAllowed,
     ModelNotFound,
     NoReplica,
+    NotFoundPath,
     UpstreamFailed,
     UpstreamTimeout,
+    envelope,
     sse_error,
 )
 
-UPSTREAM_HEADERS = b"Content-Type: application/json\r\n"
-SSE_HEADERS = b"Cache-Control: no-cache\r\n"
+JSON_HEADERS = {"Content-Type": "application/json"}
+SSE_HEADERS = [(b"cache-control", b"no-cache")]
 JSON = "application/json"
 STREAM_USAGE_PATHS = ("/v1/chat/completions", "/v1/completions")
+TAG_RE = re.compile(r"<[^>]*>")  # an engine's HTML error page, read as text
 CLIENT_GONE = 499  # nginx's code for a client that closed the connection before the answer ended
 
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    body_limit: int = 32 * 1024 * 1024
     connect_timeout: float = 5.0
     upstream_timeout: float = 600.0  # longest silence from an engine: before headers, or between chunks
 
@@ -104,6 +110,14 @@ def error_response(e: GatewayError) -> Response:
     return Response(e.status, e.body())
 
 
+def engine_error(route: Route, status: int, data: bytes) -> Response:
+    """An engine's error that is not JSON (an HTML 500 page, plain text) wrapped in the envelope."""
+    text = " ".join(TAG_RE.sub(" ", data[:2000].decode("utf-8", "replace")).split())[:300]
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    message = f"the engine of {route.name!r} answered {status}" + (f": {text}" if text else "")
+    return Response(status, envelope(message, kind, "upstream_error"))
+
+
 def json_response(data: Any, status: int = 200) -> Response:
     return Response(status, json.dumps(data).encode())
 
@@ -115,17 +129,20 @@ class Proxy:
         auth: Authenticator,
         metrics: Metrics,
         usage: UsageBuffer,
-        pool: Pool,
+        engines: EngineClient,
         config: ProxyConfig,
+        limits: Limits,
         hold: Hold | None = None,
     ) -> None:
         self.table = table
         self.auth = auth
         self.metrics = metrics
         self.usage = usage
-        self.pool = pool
+        self.engines = engines
         self.config = config
+        self.limits = limits
         self.hold = hold
+        self.streams: set[Stream] = set()  # open streamed answers (shutdown ends them with an error event)
 
     async def handle(self, request: Request) -> Response | Stream:
         t0 = perf_counter()
@@ -133,28 +150,28 @@ class Proxy:
         try:
             record = self.auth.check(request.header("authorization"))
             key = record.name
-            path = request.path
-            if request.method == "GET" and path.startswith("/v1/models"):
+            path, query = forward_target(request.raw_path.decode("latin-1"), request.query_string)
+            if path.startswith("/v1/models"):
+                if request.method not in ("GET", "HEAD"):
+                    raise MethodNotAllowed(f"{request.method} {path}: models are read with GET")
                 if path in ("/v1/models", "/v1/models/"):
                     return self.models(record)
                 if path.startswith("/v1/models/"):  # retrieve one; its id may hold a slash (Qwen/...)
                     return self.model(record, unquote(path[len("/v1/models/") :]))
-            try:
-                payload = json.loads(request.body)
-            except ValueError:
-                raise BadRequest("the request body is not valid JSON") from None
+            methods = ENGINE_ROUTES.get(path)
+            if methods is None:
+                raise NotFoundPath(f"no endpoint {path}; the gateway forwards the OpenAI API routes only")
+            if request.method not in methods:
+                raise MethodNotAllowed(f"{request.method} {path}: use {', '.join(sorted(methods))}")
+            body = await request.read(self.limits.body_bytes)
+            if path in MULTIPART:
+                return await self.multipart(request, path, query, body, record, t0)
+            payload = self.parse(body)
             if not isinstance(payload, dict) or not isinstance(payload.get("model"), str):
                 raise BadRequest("the request body needs a string field `model`", param="model")
-            route = self.table.lookup(payload["model"])
-            if route is None:
-                raise ModelNotFound(
-                    f"the model {payload['model']!r} does not exist; list models with GET /v1/models",
-                    param="model",
-                )
+            route = self.route(record, payload["model"])
             model = route.served_name
-            self.auth.authorize(record, payload["model"], route.names)
             stream = payload.get("stream") is True
-            body = request.body
             injected = rewrite = False
             if payload["model"] != route.served_name:  # an alias: the engine knows only its served name
                 payload["model"] = route.served_name
@@ -168,12 +185,48 @@ class Proxy:
                 injected = rewrite = True
             if rewrite:
                 body = json.dumps(payload).encode()
-            return await self.forward(request, route, body, record, injected, t0)
+            target = path + ("?" + query if query else "")
+            return await self.forward(request, route, target, body, JSON_HEADERS, record, injected, t0)
         except GatewayError as e:
             self.metrics.error(model, key, e.code, e.status)
             if key != "-" or self.auth.open:
                 self.usage.add(key, model, True, 0, 0)
             return error_response(e)
+
+    def parse(self, body: bytes) -> Any:
+        why = json_shape_error(body, self.limits)
+        if why is not None:
+            raise BadRequest(why)
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            raise BadRequest("the request body is not valid JSON") from None
+
+    def route(self, record: KeyRecord, name: str) -> Route:
+        route = self.table.lookup(name)
+        if route is None:
+            raise ModelNotFound(
+                f"the model {name!r} does not exist; list models with GET /v1/models", param="model"
+            )
+        self.auth.authorize(record, name, route.names)
+        return route
+
+    async def multipart(
+        self, request: Request, path: str, query: str, body: bytes, record: KeyRecord, t0: float
+    ) -> Response | Stream:
+        """Audio: a multipart/form-data body, routed by its ``model`` field (rewritten for an alias)."""
+        ctype = request.header("content-type") or ""
+        if not ctype.lower().startswith("multipart/form-data"):
+            raise BadRequest(f"{path} takes multipart/form-data", param="file")
+        found = multipart_model(body)
+        if found is None:
+            raise BadRequest("the form needs a field `model`", param="model")
+        name, start, end = found
+        route = self.route(record, name)
+        if name != route.served_name:
+            body = body[:start] + route.served_name.encode() + body[end:]
+        target = path + ("?" + query if query else "")
+        return await self.forward(request, route, target, body, {"Content-Type": ctype}, record, False, t0)
 
     def models(self, record: KeyRecord) -> Response:
         data = [model_object(r) for r in self.table.servable() if record.allows(r.names)]
@@ -190,7 +243,9 @@ class Proxy:
         self,
         request: Request,
         route: Route,
+        target: str,
         body: bytes,
+        headers: dict[str, str],
         record: KeyRecord,
         injected: bool,
         t0: float,
@@ -203,15 +258,18 @@ class Proxy:
         ttft: float | None = None
         status = 0  # stays 0 when a GatewayError is raised: handle() accounts for those
         try:
-            reply, replica = await self.connect(request, route, body)
+            reply, replica = await self.connect(request, route, target, body, headers)
             try:
                 status = reply.status
                 ctype = reply.headers.get("content-type", JSON)
                 if not ctype.startswith("text/event-stream"):
                     data = await reply.read()
                     meter.feed(data)
+                    if status >= 400 and not ctype.startswith(JSON):
+                        return engine_error(route, status, data)
                     return Response(status, data, ctype)
-                out = request.stream(status, ctype, SSE_HEADERS)
+                out = await request.stream(status, ctype, SSE_HEADERS)
+                self.streams.add(out)
                 try:
                     ttft, broken = await self.pump(reply, out, meter, injected, t0)
                 except ConnectionResetError:
@@ -220,6 +278,8 @@ class Proxy:
                 except asyncio.CancelledError:
                     status = CLIENT_GONE
                     raise
+                finally:
+                    self.streams.discard(out)
                 if broken:
                     status = 502
                     self.metrics.errors[(route.name, record.name, broken)] += 1
@@ -258,7 +318,9 @@ class Proxy:
         )
         self.usage.add(record.name, route.name, status >= 400, meter.prompt_tokens, meter.completion_tokens)
 
-    async def connect(self, request: Request, route: Route, body: bytes) -> tuple[Reply, Replica]:
+    async def connect(
+        self, request: Request, route: Route, target: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[Reply, Replica]:
         """Send to the least busy usable replica; on a refused connection try the next one."""
         tried: set[int] = set()
         while True:
@@ -271,11 +333,8 @@ class Proxy:
                     )
                 replica = await self.hold(route)
             replica.outstanding += 1
-            host, port, tls, prefix = replica.origin
             try:
-                reply = await self.pool.request(
-                    host, port, request.method, prefix + request.target, body, UPSTREAM_HEADERS, tls
-                )
+                reply = await self.engines.request(replica.url, request.method, target, body, headers)
             except Unreachable:
                 replica.outstanding -= 1
                 replica.healthy = False  # the health loop brings it back
@@ -300,6 +359,8 @@ class Proxy:
         ttft: float | None = None
         try:
             while (data := await reply.next_chunk()) is not None:
+                if out.ended:  # ended by the gateway's shutdown
+                    return ttft, "gateway_shutdown"
                 if ttft is None:
                     ttft = perf_counter() - t0
                 meter.feed(data)
