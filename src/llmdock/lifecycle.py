@@ -174,8 +174,9 @@ class Lifecycle:
         try:
             return self.runtimes.named(runtime).has_gpu_runtime()
         except RuntimeUnavailable as e:
+            # Not a fact about the host: only a what-if plan gets here (`up` needs the daemon anyway).
             self.runtimes.notes.append(f"not checked: the NVIDIA runtime ({e.message})")
-            return False
+            return True
 
     def engine_version(
         self, image: str, engine_name: str, runtime: str = "docker", *, probe: bool = True

@@ -187,3 +187,25 @@ def test_cpus_bind_vllms_threads_and_the_container() -> None:
         cpu_plan(inv, cpus="6-9")
     assert "0-7" in e.value.hint
     assert "VLLM_CPU_OMP_THREADS_BIND" not in cpu_plan(inv).container.env  # vLLM binds by itself
+
+
+def test_transformers_on_a_gpu_takes_the_roomiest_and_refuses_weights_that_cannot_fit() -> None:
+    from llmdock.errors import DoesNotFit
+    from llmdock.planning.inventory import Gpu
+
+    gpus = (
+        Gpu(0, total_bytes=80 * GiB, free_bytes=10 * GiB),
+        Gpu(1, total_bytes=80 * GiB, free_bytes=70 * GiB),
+    )
+    inv = Inventory(gpus=gpus, gpu_runtime=True)
+    spec = DeploymentSpec.create("/m/Qwen2.5-7B-Instruct", engine="transformers", gpus="auto")
+    kw: dict[str, object] = dict(model_dir="/m/Qwen2.5-7B-Instruct", image="i", port_range=(8001, 8999))
+    p = make_plan(spec, inv, facts=facts(QWEN7B), **kw)  # type: ignore[arg-type]
+    assert p.gpus == (1,)
+    with pytest.raises(DoesNotFit, match="do not fit on GPU 0, which has 10.0 GiB free"):
+        make_plan(
+            DeploymentSpec.create("/m/x", engine="transformers", gpus="device=0"),
+            inv,
+            facts=facts(QWEN7B),
+            **kw,
+        )  # type: ignore[arg-type]

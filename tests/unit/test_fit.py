@@ -152,3 +152,29 @@ def test_to_dict_for_json() -> None:
     d = fit(facts("Qwen--Qwen3-8B"), idle(1)).to_dict()
     assert d["tensor_parallel_size"] == 1 and d["max_model_len"] == 40960
     assert set(d["per_gpu"][0]) >= {"weights", "kv_cache", "budget"}
+
+
+# Measured on a lent H200 (benchmarks/multi-gpu/RESULTS.md): a process of ours held most of the GPU.
+H200_MIB = 143771
+
+
+def busy_h200(free_mib: int) -> list[Gpu]:
+    return [
+        Gpu(
+            0, name="NVIDIA H200", total_bytes=H200_MIB << 20, free_bytes=free_mib << 20, processes=(498, 652)
+        )
+    ]
+
+
+def test_a_refusal_caused_by_other_processes_says_so_and_how_to_free_it() -> None:
+    with pytest.raises(DoesNotFit) as e:
+        fit(facts("Qwen--Qwen2.5-7B-Instruct"), busy_h200(18340))
+    assert "GPU 0 has 17.9 GiB free" in e.value.message and "0.9 × total" not in e.value.message
+    assert e.value.hint.startswith("try free GPU 0: other processes (PIDs 498, 652) hold 122.5 GiB")
+
+
+def test_an_explicit_fraction_no_gpu_can_give_is_refused_with_the_fraction_that_fits() -> None:
+    with pytest.raises(DoesNotFit) as e:
+        fit(facts("Qwen--Qwen2.5-7B-Instruct"), busy_h200(28434), gpu_memory_utilization=0.9)
+    assert "GPU 0 has 27.8 GiB free" in e.value.message
+    assert "lower it to --gpu-memory-utilization 0.19" in e.value.hint

@@ -286,6 +286,9 @@ def fit(
     wanted = tp or (len(pool) if requested_gpus else None)
     check_request(facts, wanted, max_model_len)
     target = max_model_len or limit
+    util = gpu_memory_utilization
+    if not requested_gpus and util is not None and all(max_utilization(g) < util for g in pool):
+        _fixed(facts, pool, 1, util, kv, dtype)  # refuses: no GPU can give that much
     candidates = [wanted] if wanted else list(sizes)
     tries: list[_Try] = []
     for t in candidates:
@@ -312,7 +315,12 @@ def fit(
     current = best.est.tp if best else (wanted or (sizes[-1] if sizes else 1))
     alts = _alternatives(facts, pool, current, target, gpu_memory_utilization, kv, dtype, placement, True)
     need = f"{target} tokens of context" if max_model_len else f"even {min(MIN_CONTEXT, limit)} tokens"
-    needed = _need_text(facts, pool, current, target if max_model_len else min(MIN_CONTEXT, limit), kv, dtype)
+    length = target if max_model_len else min(MIN_CONTEXT, limit)
+    needed, busy = _need_text(facts, pool, current, length, kv, dtype, gpu_memory_utilization)
+    if busy is not None:  # other processes hold the memory: freeing it is the first fix
+        held = busy.total_bytes - busy.free_bytes
+        pids = f" (PIDs {', '.join(map(str, busy.processes))})" if busy.processes else ""
+        alts = (f"free GPU {busy.index}: other processes{pids} hold {held / GiB:.1f} GiB", *alts)
     raise DoesNotFit(
         f"{facts.architecture or facts.model_type} does not fit: {need} on "
         f"{current} × {pool[0].total_bytes / GiB:.0f} GiB GPU(s) needs {needed}",
@@ -322,13 +330,26 @@ def fit(
 
 
 def _need_text(
-    facts: ModelFacts, pool: Sequence[Gpu], tp: int, length: int, kv: str, dtype: str | None
-) -> str:
+    facts: ModelFacts,
+    pool: Sequence[Gpu],
+    tp: int,
+    length: int,
+    kv: str,
+    dtype: str | None,
+    util: float | None,
+) -> tuple[str, Gpu | None]:
+    """What one GPU needs against what it can give now, and the GPU whose free memory is the limit
+    (None when the fraction is: the memory is just too small)."""
     t = _evaluate(facts, pool[:tp], tp, DEFAULT_UTILIZATION, kv, dtype)
     need = t.est.fixed + sequence_bytes(facts, t.est, length)
-    return f"{need / GiB:.1f} GiB per GPU (weights {t.est.weights / GiB:.1f} GiB) but 0.9 × total is " + (
-        f"{DEFAULT_UTILIZATION * pool[0].total_bytes / GiB:.1f} GiB"
-    )
+    wanted = util if util is not None else DEFAULT_UTILIZATION
+    g = min(pool[:tp], key=max_utilization)
+    cap = min(wanted, max_utilization(g))
+    text = f"{need / GiB:.1f} GiB per GPU (weights {t.est.weights / GiB:.1f} GiB) but "
+    if cap < wanted:
+        text += f"GPU {g.index} has {g.free_bytes / GiB:.1f} GiB free, {cap:g} × total ({cap * g.total_bytes / GiB:.1f} GiB)"
+        return text, g
+    return text + f"{cap:g} × total is {cap * g.total_bytes / GiB:.1f} GiB", None
 
 
 def _alternatives(

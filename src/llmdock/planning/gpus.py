@@ -33,7 +33,10 @@ def parse_gpus(text: str) -> GpuRequest:
     if body.isdigit() and body == text:
         count = int(body)
         if count < 1:
-            raise InvalidSpec(f"--gpus {text!r} asks for no GPU", "use --gpus none for a CPU deployment")
+            raise InvalidSpec(
+                f"--gpus {text!r} asks for no GPU (a bare number is a count)",
+                "for GPU 0 write --gpus device=0; for a CPU deployment --gpus none",
+            )
         return GpuRequest("count", count=count)
     parts = [p.strip() for p in body.split(",") if p.strip()]
     if not parts or not all(p.isdigit() for p in parts):

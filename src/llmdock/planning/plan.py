@@ -24,7 +24,7 @@ from llmdock.errors import (
 )
 from llmdock.planning.container import ContainerConfig, Mount, labels_for
 from llmdock.planning.gpus import choose_gpus, parse_gpus
-from llmdock.planning.inventory import Inventory
+from llmdock.planning.inventory import Gpu, Inventory
 from llmdock.planning.ports import choose_port
 from llmdock.spec import DeploymentSpec
 
@@ -208,7 +208,12 @@ def make_plan(
     if util is None and engine.uses_gpus and gpus:
         util = DEFAULT_UTILIZATION  # the fraction the plan assumed, passed even where it is the default
     if request.kind == "auto" and fitted is None:
+        if not engine.uses_gpus:  # transformers: the GPU with the most free memory
+            free = {g.index: g.free_bytes for g in inv.gpus}
+            gpus = tuple(sorted(gpus, key=lambda i: -free.get(i, 0)))
         gpus = gpus[: tp or 1]  # without model facts: one GPU, or one per TP rank
+    if not engine.uses_gpus and facts is not None and gpus and inv.gpus:
+        _check_weights_fit(facts, [g for g in inv.gpus if g.index in gpus], check)
     if tp is None and engine.uses_gpus and len(gpus) > 1:
         tp = len(gpus)
     if tp == 1 and spec.tensor_parallel_size is None:
@@ -291,6 +296,26 @@ def make_plan(
         cpu_fit=cpu_fit,
         stand_in_gpus=bool(gpus) and not inv.gpus,
     )
+
+
+def _check_weights_fit(facts: ModelFacts, gpus: list[Gpu], check: Callable[[LlmdockError], None]) -> None:
+    """An engine without a memory planner of its own (transformers) on a GPU: the weights at least must
+    fit in what is free, beside the CUDA context."""
+    from llmdock.errors import DoesNotFit
+    from llmdock.planning.fit import CUDA_CONTEXT_BYTES
+    from llmdock.planning.memory import GiB
+
+    share = facts.weight_bytes // len(gpus)  # device_map spreads the layers over the GPUs given
+    for g in gpus:
+        if share + CUDA_CONTEXT_BYTES > g.free_bytes:
+            check(
+                DoesNotFit(
+                    f"the weights ({facts.weight_bytes / GiB:.1f} GiB) do not fit on GPU {g.index}, which has "
+                    f"{g.free_bytes / GiB:.1f} GiB free",
+                    "free that GPU, pick others with --gpus, or use --engine vllm (it plans memory per GPU)",
+                )
+            )
+            return
 
 
 def _cpu_list(cpus: tuple[int, ...]) -> str:
