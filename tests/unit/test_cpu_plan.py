@@ -202,7 +202,7 @@ def test_transformers_on_a_gpu_takes_the_roomiest_and_refuses_weights_that_canno
     kw: dict[str, object] = dict(model_dir="/m/Qwen2.5-7B-Instruct", image="i", port_range=(8001, 8999))
     p = make_plan(spec, inv, facts=facts(QWEN7B), **kw)  # type: ignore[arg-type]
     assert p.gpus == (1,)
-    with pytest.raises(DoesNotFit, match="do not fit on GPU 0, which has 10.0 GiB free"):
+    with pytest.raises(DoesNotFit, match=r"do not fit on GPU 0, which has 10\.0 GiB free"):
         make_plan(
             DeploymentSpec.create("/m/x", engine="transformers", gpus="device=0"),
             inv,
