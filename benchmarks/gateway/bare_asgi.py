@@ -77,6 +77,7 @@ def main() -> None:
             access_log=False,
             log_level="warning",
             lifespan="off",
+            timeout_keep_alive=300,  # the side-by-side rounds leave a path's connection idle for seconds
         )
     else:
         os.execvp(

@@ -386,7 +386,10 @@ def side_by_side(
             c0 = cpu_seconds(pids[n])
             lat = []
             for _ in range(per_round):
-                resp = clients[n].send(raws[n])
+                try:
+                    resp = clients[n].send(raws[n])
+                except ConnectionError as e:
+                    raise ConnectionError(f"{n} closed its connection in round {r}") from e
                 assert resp.status == 200, resp.status
                 lat.append(resp.total_s)
             cpu[n].append((cpu_seconds(pids[n]) - c0) / per_round * 1e6)
@@ -509,8 +512,10 @@ def report(results: dict[str, Any]) -> str:
             me["cpu_us_per_request_json"],
             me["cpu_us_per_request_at_2000_rps"],
         )
-        goals.append(f"- added p50 ≤ 0.5 ms: **{'met' if p50 <= 0.5 else 'not met'}** ({p50:.3f} ms)")
         mine = (side or {}).get("paths", {}).get("llmdock")
+        if mine:  # the side-by-side phase is the newer figure when a run added it alone (--runs 0)
+            p50 = mine["added_p50_ms"]
+        goals.append(f"- added p50 ≤ 0.5 ms: **{'met' if p50 <= 0.5 else 'not met'}** ({p50:.3f} ms)")
         judged, how = (cpu, f"{cpu:.0f} µs")  # side by side when measured: see NOTES.md on why
         if mine:
             judged = mine["cpu_us_per_request"]

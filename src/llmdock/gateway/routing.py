@@ -55,6 +55,7 @@ class Replica:
     healthy: bool = False
     outstanding: int = 0
     failures: int = 0
+    probed_at: float = 0.0  # monotonic time of the last health probe
 
     @property
     def url(self) -> str:

@@ -1,9 +1,16 @@
 """Keeps the route table true and deployments alive: discovery, health, restarts, on-demand, idle stop.
 
 Every second the runtime is listed (in a worker thread: the docker SDK blocks) and the route table rebuilt.
-Running replicas are probed over HTTP (``health_path``; on the way to healthy also ``/v1/models``).
-Lifecycle actions (restart a crashed deployment, start one on demand, stop an idle one) run in one
-dedicated thread that owns its own :class:`~llmdock.lifecycle.Lifecycle` and SQLite connection.
+Running replicas are probed over HTTP (``health_path``; on the way to healthy also ``/v1/models``); a
+healthy one only every ``HEALTHY_PROBE_S``, so an engine's access log is not one probe line a second
+(a replica that refuses a request is marked unhealthy by the proxy at once, and probed next tick).
+
+The tick never waits on lifecycle work. Lifecycle actions (restart a crashed deployment, start one on
+demand, stop an idle one, the admin API's calls) run in one dedicated thread that owns its own
+:class:`~llmdock.lifecycle.Lifecycle` and SQLite connection; the tick starts them as background tasks
+and reads their results when they end. The quick reads and records the tick itself needs (policies,
+health events) go through a second thread with its own controller, so a deploy that pulls weights for
+minutes does not freeze routing, probes, restarts or on-demand starts.
 
 Restarts follow :func:`due_restart`: a deployment that exited without being stopped by someone is started
 again after 1, 2, 4 … seconds (at most ``RESTART_MAX_S``), at most ``MAX_RESTARTS`` times in a row; each
@@ -17,7 +24,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -36,6 +43,7 @@ RESTART_BASE_S = 1.0
 RESTART_MAX_S = 60.0
 MAX_RESTARTS = 5
 STABLE_S = 60.0  # running this long after a restart resets the backoff
+HEALTHY_PROBE_S = 5.0  # a healthy replica is probed this often; others every tick
 # Last events after which an exited deployment is meant to be down and is left alone.
 STOPPED_KINDS = frozenset({"stopped", "failed", "removed", "gave-up", "idle-stopped"})
 
@@ -148,6 +156,9 @@ class Supervisor:
         self.controller: Controller | None = None
         self.lister = ThreadPoolExecutor(1, thread_name_prefix="llmdock-list")
         self.actor = ThreadPoolExecutor(1, thread_name_prefix="llmdock-act")
+        self.reader = ThreadPoolExecutor(1, thread_name_prefix="llmdock-read")
+        self.reader_controller: Controller | None = None
+        self.background: dict[str, asyncio.Task[None]] = {}  # lifecycle work the tick started
         self.backoffs: dict[str, Backoff] = {}
         self.policies: dict[str, Policy] = {}
         self.starting: dict[str, asyncio.Future[None]] = {}
@@ -176,20 +187,52 @@ class Supervisor:
 
         return await asyncio.get_running_loop().run_in_executor(self.actor, call)
 
+    async def read(self, fn: Callable[[Controller], T]) -> T | None:
+        """Run a quick ``fn(controller)`` (a read, an event record) in the reader thread, never queued
+        behind lifecycle work; None when there is no controller."""
+        if self.controller_factory is None:
+            return None
+
+        def call() -> T:
+            if self.reader_controller is None:
+                assert self.controller_factory is not None
+                self.reader_controller = self.controller_factory()
+            return fn(self.reader_controller)
+
+        return await asyncio.get_running_loop().run_in_executor(self.reader, call)
+
+    def spawn(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Start ``work`` in the background unless the previous one of that name still runs."""
+        running = self.background.get(name)
+        if running is not None and not running.done():
+            return
+
+        async def guarded() -> None:
+            try:
+                await work()
+            except Exception:
+                log.exception("%s failed", name)
+
+        self.background[name] = asyncio.create_task(guarded())
+
     # ---- loop -----------------------------------------------------------------------------------
     async def start(self) -> None:
         await self.refresh()
         self.tasks = [asyncio.create_task(self.run())]
 
     async def close(self) -> None:
-        for task in self.tasks:
+        for task in [*self.tasks, *self.background.values()]:
             task.cancel()
+        for task in self.background.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for fut in self.starting.values():
             fut.cancel()
         self.lister.shutdown(wait=True, cancel_futures=True)
+        self.reader.shutdown(wait=True, cancel_futures=True)
         self.actor.shutdown(wait=True, cancel_futures=True)
 
     async def run(self) -> None:
@@ -197,8 +240,8 @@ class Supervisor:
             await asyncio.sleep(self.config.interval_s)
             try:
                 await self.refresh()
-                await self.reconcile()
-                await self.idle_stop()
+                self.spawn("restarts", self.reconcile)  # lifecycle work: the tick does not wait on it
+                self.spawn("idle stops", self.idle_stop)
             except Exception:  # the supervisor must outlive any one failure (Docker restarting, …)
                 log.exception("supervisor tick failed")
 
@@ -211,7 +254,7 @@ class Supervisor:
             except Exception as e:
                 log.warning("listing deployments failed: %s", e)
                 return
-        policies = await self.act(lambda c: c.policies())
+        policies = await self.read(lambda c: c.policies())
         if policies is not None:  # an empty table is an answer too: the last policy was removed
             self.policies = policies
         self.table.rebuild(targets, self.policies)
@@ -220,7 +263,12 @@ class Supervisor:
             if route.last_used == 0.0:
                 route.last_used = now
         await asyncio.gather(
-            *(self.probe(route, r) for route in self.table.routes.values() for r in route.replicas)
+            *(
+                self.probe(route, r)
+                for route in self.table.routes.values()
+                for r in route.replicas
+                if not r.healthy or now - r.probed_at >= HEALTHY_PROBE_S
+            )
         )
         self.tick.set()
         self.tick = asyncio.Event()
@@ -230,6 +278,7 @@ class Supervisor:
             replica.healthy = False
             return
         was = replica.healthy
+        replica.probed_at = time.monotonic()
         base = replica.url
         timeout = aiohttp.ClientTimeout(total=self.config.probe_timeout_s)
         try:
@@ -246,12 +295,12 @@ class Supervisor:
         name = route.name
         if was and not ok and not replica.target.key.startswith(STATIC_KEY):
             self._unhealthy.add(replica.target.key)
-            await self.act(
+            await self.read(
                 lambda c: c.record(name, "unhealthy", f"{base} stopped answering its health check")
             )
         elif ok and not was and replica.target.key in self._unhealthy:
             self._unhealthy.discard(replica.target.key)
-            await self.act(lambda c: c.record(name, "healthy", f"{base} answers again"))
+            await self.read(lambda c: c.record(name, "healthy", f"{base} answers again"))
 
     async def reconcile(self) -> None:
         """Restart deployments that exited without being stopped, with exponential backoff."""
