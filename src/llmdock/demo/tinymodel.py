@@ -2,11 +2,20 @@
 
 It loads with ``transformers`` and serves with ``transformers serve`` and vLLM (CPU) like any hub
 model, in about a megabyte, with no network. The demo and the tests deploy it where a real model would need a GPU.
+
+Building needs torch, tokenizers and transformers. ``llmdock demo`` has them in its engine
+environment, not in llmdock's own Python, so it runs this file there as a script (it imports
+nothing of llmdock's)::
+
+    ENV/bin/python -I src/llmdock/demo/tinymodel.py DEST      # what ensure_tiny_model(dest, python=…) runs
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +80,12 @@ def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
         dtype="float32",
     )
     model = Qwen2ForCausalLM(Qwen2Config(**config_kwargs))
-    # Tokens that print nothing readable (special tokens, whitespace, stray UTF-8 bytes) get a zero
+    # Tokens that print nothing readable (special tokens, whitespace, control bytes, stray UTF-8) get a zero
     # embedding, so with tied weights their logit is 0 and greedy decoding prefers printable words.
     with torch.no_grad():
         for token_id in range(len(tokenizer)):
             text = tokenizer.decode([token_id])
-            if not text.strip() or "\ufffd" in text or text in SPECIALS:
+            if not text.strip() or not text.isprintable() or "\ufffd" in text or text in SPECIALS:
                 model.model.embed_tokens.weight[token_id] = 0.0
     model.generation_config.max_new_tokens = 16
     model.generation_config.do_sample = False
@@ -89,8 +98,12 @@ def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
     return dest
 
 
-def ensure_tiny_model(dest: Path) -> Path:
-    """Return ``dest`` holding the tiny model, building it when absent (a leftover ``.partial`` is redone)."""
+def ensure_tiny_model(dest: Path, python: str | None = None) -> Path:
+    """Return ``dest`` holding the tiny model, building it when absent (a leftover ``.partial`` is redone).
+
+    ``python``: build it with that interpreter (an engine environment's, which has torch) instead
+    of in this process, which then needs ``llmdock[demo]``.
+    """
     if (dest / "config.json").is_file() and (dest / "model.safetensors").is_file():
         return dest
     partial = dest.with_name(dest.name + ".partial")
@@ -98,4 +111,43 @@ def ensure_tiny_model(dest: Path) -> Path:
         import shutil
 
         shutil.rmtree(partial)
-    return build_tiny_model(dest)
+    if python is None:
+        _check_in_process()
+        return build_tiny_model(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [python, "-I", str(Path(__file__).resolve()), str(dest)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"},
+    )
+    if done.returncode != 0 or not (dest / "config.json").is_file():
+        from llmdock.errors import LlmdockError
+
+        tail = "\n".join(done.stderr.strip().splitlines()[-8:])
+        raise LlmdockError(
+            f"building the tiny model with {python} failed (exit {done.returncode}):\n{tail}",
+            "the engine environment may be broken: remove it (`llmdock env rm llmdock-demo`) and run again",
+        )
+    return dest
+
+
+def _check_in_process() -> None:
+    import importlib.util
+
+    missing = [m for m in ("torch", "tokenizers", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:
+        from llmdock.errors import LlmdockError
+
+        raise LlmdockError(
+            f"building the tiny model in this Python needs {', '.join(missing)}",
+            "install them with `pip install 'llmdock[demo]'`, or build it in an engine environment "
+            "(ensure_tiny_model(dest, python=ENV/bin/python), as `llmdock demo` does)",
+        )
+
+
+if __name__ == "__main__":  # run by ensure_tiny_model(dest, python=...) in an engine environment
+    if len(sys.argv) != 2:
+        sys.exit("usage: python tinymodel.py DEST")
+    build_tiny_model(Path(sys.argv[1]))

@@ -200,9 +200,11 @@ class Envs:
         on_line: Callable[[str], None] | None = None,
         kind: str | None = None,
         cpu: bool = False,
+        pip_args: tuple[str, ...] = (),
     ) -> Env:
         """Create ``name`` and pip-install the engine in it (micromamba when found, else a venv;
-        ``kind="venv"`` insists on a venv; ``cpu``: vLLM's CPU build, for a host without NVIDIA GPUs).
+        ``kind="venv"`` insists on a venv; ``cpu``: vLLM's CPU build, for a host without NVIDIA GPUs;
+        ``pip_args``: more options for that ``pip install``, e.g. ``--no-compile``).
         A half-built environment is removed again, so a failed create can simply be retried."""
         if not NAME_RE.match(name):
             raise InvalidSpec(
@@ -226,7 +228,7 @@ class Envs:
             prefix, kind = self.root / name, "venv"
             _make_venv(prefix, python)
         try:
-            _pip_install(prefix / "bin" / "python", reqs, on_line)
+            _pip_install(prefix / "bin" / "python", reqs, on_line, pip_args)
             if engine == "vllm" and cpu:
                 from llmdock.engines.cpu import fixups
 
@@ -301,8 +303,10 @@ def _run_step(argv: list[str]) -> None:
         )
 
 
-def _pip_install(python: Path, reqs: list[str], on_line: Callable[[str], None] | None) -> None:
-    argv = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *reqs]
+def _pip_install(
+    python: Path, reqs: list[str], on_line: Callable[[str], None] | None, pip_args: tuple[str, ...] = ()
+) -> None:
+    argv = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *pip_args, *reqs]
     last: deque[str] = deque(maxlen=30)
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         assert proc.stdout is not None
