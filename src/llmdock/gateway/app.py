@@ -35,7 +35,7 @@ from llmdock.gateway.limits import Limits
 from llmdock.gateway.metrics import Metrics
 from llmdock.gateway.proxy import Proxy, ProxyConfig, UsageBuffer, error_response, json_response
 from llmdock.gateway.routing import Policy, RouteTable
-from llmdock.gateway.server import Server
+from llmdock.gateway.server import Server, bind
 from llmdock.gateway.supervisor import (
     DockerSource,
     Source,
@@ -164,6 +164,7 @@ class Gateway:
         opts = self.options
         check_exposure(opts.host, opts.insecure, not self.auth.open)
         self.auth.require_key = not is_loopback(opts.host) and not opts.insecure
+        sock = bind(opts.host, opts.port)  # first: a taken port fails before anything is started
         self.session = engine_session(opts.limits.engine_header_bytes)
         sources: list[Source] = []
         if opts.routes:
@@ -195,8 +196,8 @@ class Gateway:
         )
         self.admin = Admin(self.auth, self.keystore, self.table, self.supervisor.act if opts.docker else None)
         self.server = Server(App(self.dispatch, opts.limits.header_bytes), opts.limits, refused=self.refused)
-        self.port = await self.server.start(opts.host, opts.port)  # first: a taken port fails at once
         await self.supervisor.start()
+        self.port = await self.server.start(opts.host, opts.port, sock)
         self.tasks = [asyncio.create_task(self.housekeeping())]
 
     async def dispatch(self, request: Request) -> Response | Stream:

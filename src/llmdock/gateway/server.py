@@ -246,8 +246,9 @@ class Server:
         self.servers: list[asyncio.base_events.Server] = []
         self.ticker: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        sock = bind(host, port)
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> int:
+        """Serve on ``sock`` (from :func:`bind`), or bind ``host:port`` now; the port it listens on."""
+        sock = sock or bind(host, port)
         loop = asyncio.get_running_loop()
         config, state = self.config, self.state
 
