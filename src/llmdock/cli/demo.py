@@ -30,6 +30,21 @@ def step(what: str, estimate: str) -> Iterator[Callable[[str], None]]:
     started = time.monotonic()
     last = [""]
     done = threading.Event()
+    collected = [0]
+
+    def on_line(line: str) -> None:
+        last[0] = line.strip()
+        if err.is_terminal:
+            return  # the spinner shows it
+        # In a log (no spinner): pip's milestones, a line per ten packages, as scripts/ci-setup does.
+        if line.startswith("Collecting"):
+            collected[0] += 1
+            if collected[0] % 10 != 1:
+                return
+        elif not line.startswith(("Installing collected packages", "Successfully installed")):
+            return
+        err.print(f"  {time.monotonic() - started:.0f}s  {escape(line.strip()[:100])}")
+
     with err.status(escape(what)) as status:
 
         def tick() -> None:
@@ -40,7 +55,7 @@ def step(what: str, estimate: str) -> Iterator[Callable[[str], None]]:
         ticker = threading.Thread(target=tick, daemon=True)
         ticker.start()
         try:
-            yield lambda line: last.__setitem__(0, line.strip())
+            yield on_line
         finally:
             done.set()
             ticker.join()
@@ -87,7 +102,7 @@ def demo(
     if (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file():
         how = "already there"
     else:
-        with step("building the tiny model (Qwen2, random weights) in the engine environment", "about 15 s"):
+        with step("building the tiny model (Qwen2, random weights) in the engine environment", "about 20 s"):
             ensure_tiny_model(model_dir, python=str(env.bin_dir / "python"))
         how = f"built offline in {time.monotonic() - t0:.0f}s"
     out.print(f"model   {model_dir} (tiny Qwen2, random weights, {how})")
@@ -102,7 +117,7 @@ def demo(
     )
     from llmdock.cli.render import err
 
-    err.print(f"[dim]…[/dim] deploying {DEMO_NAME} on the CPU (local runtime; about 30 s)")
+    err.print(f"[dim]…[/dim] deploying {DEMO_NAME} on the CPU, local runtime (10 to 30 s)")
     with phase_status(True, DEMO_NAME) as on_phase:
         try:
             result = lc.up(spec, on_phase=on_phase, timeout=timeout)

@@ -18,7 +18,7 @@ DEMO_ENV = "llmdock-demo"
 MODULES = ["torch", "transformers", "tokenizers", "fastapi", "uvicorn"]
 PIP_ARGS = ("--no-compile",)
 # What a fresh machine took (benchmarks/core/RESULTS.md): ~45 s from a nearby index or wheel cache.
-ESTIMATE = "about a minute from a nearby package index; several over a slow link (torch is ~200 MB)"
+ESTIMATE = "about a minute from a nearby package index, several over a slow link: torch is ~200 MB"
 
 
 def has_modules(env: Env, modules: list[str]) -> bool:
