@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmdock.errors import ImageMissing, NotFound
 from llmdock.planning.container import ContainerConfig
 from llmdock.runtimes.base import Deployment
+
+if TYPE_CHECKING:
+    from llmdock.lifecycle import Lifecycle
 
 
 class MemoryRuntime:
@@ -60,3 +65,15 @@ class MemoryRuntime:
     def run_probe(self, image: str, argv: list[str]) -> str:
         self.probes.append(image)
         return self.versions.get(image, "")
+
+
+def memory_lifecycle(home: Path, image: str, version: str = "5.24.0") -> Lifecycle:
+    """A Lifecycle over a fresh MemoryRuntime that has ``image`` (engine ``version``) and a state DB in ``home``."""
+    from llmdock import settings
+    from llmdock.lifecycle import Lifecycle
+    from llmdock.state import Store
+
+    rt = MemoryRuntime(images={image: "sha256:abc"})
+    rt.versions[image] = version
+    s = settings.load({"LLMDOCK_HOME": str(home)})
+    return Lifecycle(s, rt, Store(s.db_path))

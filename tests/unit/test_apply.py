@@ -11,8 +11,7 @@ from llmdock.apply import Desired, carry_out, current, diff, export, load
 from llmdock.errors import InvalidSpec
 from llmdock.gateway.keystore import KeyStore
 from llmdock.lifecycle import Lifecycle
-from llmdock.state import Store
-from tests.support.memruntime import MemoryRuntime
+from tests.support.memruntime import memory_lifecycle
 
 IMAGE = settings.KEYS["image.transformers"].default
 
@@ -52,10 +51,7 @@ def test_every_error_of_a_file_is_listed() -> None:
 
 @pytest.fixture
 def lc(tmp_path: Path) -> Lifecycle:
-    rt = MemoryRuntime(images={IMAGE: "sha256:abc"})
-    rt.versions[IMAGE] = "5.24.0"
-    s = settings.load({"LLMDOCK_HOME": str(tmp_path / "home")})
-    return Lifecycle(s, rt, Store(s.db_path))
+    return memory_lifecycle(tmp_path / "home", IMAGE)
 
 
 def file(model: str, **over: object) -> str:

@@ -11,17 +11,14 @@ from llmdock.errors import ImageMissing, LlmdockError, NotFound, PortTaken, Spec
 from llmdock.lifecycle import Lifecycle
 from llmdock.spec import DeploymentSpec
 from llmdock.state import Store
-from tests.support.memruntime import MemoryRuntime
+from tests.support.memruntime import MemoryRuntime, memory_lifecycle
 
 IMAGE = settings.KEYS["image.transformers"].default
 
 
 @pytest.fixture
 def lc(tmp_path: Path) -> Lifecycle:
-    rt = MemoryRuntime(images={IMAGE: "sha256:abc"})
-    rt.versions[IMAGE] = "5.24.0"
-    s = settings.load({"LLMDOCK_HOME": str(tmp_path / "home")})
-    return Lifecycle(s, rt, Store(s.db_path))
+    return memory_lifecycle(tmp_path / "home", IMAGE)
 
 
 def spec(model: str, **kw: object) -> DeploymentSpec:
