@@ -58,5 +58,11 @@ def test_an_invalid_file_changes_nothing(home: Path, tmp_path: Path, model: str)
     done = cli("apply", "-f", str(f))
     assert done.returncode == 1 and f"{f}:6:5" in done.stderr and "tp" in done.stderr
     assert "ok" not in names()
+    unwritable = cli("export", "-o", str(tmp_path / "no" / "such" / "dir.yaml"))
+    assert (
+        unwritable.returncode == 1
+        and "cannot write" in unwritable.stderr
+        and "Traceback" not in unwritable.stderr
+    )
     schema = json.loads(cli("schema").stdout)
     assert "tensor_parallel_size" in schema["$defs"]["DeploymentEntry"]["properties"]

@@ -75,8 +75,15 @@ def export(
     text = yaml.safe_dump(export(now), sort_keys=False, allow_unicode=True)
     if output is None:
         typer.echo(text, nl=False)
-    else:
+        return
+    try:
         output.write_text(text)
+    except OSError as e:
+        from llmdock.errors import LlmdockError
+
+        raise LlmdockError(
+            f"cannot write {output}: {e.strerror}", "give a path in a folder you can write"
+        ) from None
 
 
 def schema() -> None:
