@@ -275,12 +275,18 @@ def test_doctor_without_docker(local: Path) -> None:
     done = cli("doctor", "--json")
     report = json.loads(done.stdout)
     checks = {c["name"]: c for c in report["checks"]}
-    assert done.returncode == 1 and report["ok"] is False
-    assert checks["Docker daemon"]["status"] == "fail" and "dockerd" in checks["Docker daemon"]["fix"]
+    # This host runs engines on the local runtime (it has an engine environment): no Docker is a warning.
+    docker = checks["Docker daemon"]
+    assert (
+        docker["status"] == "warn"
+        and "the local runtime has" in docker["detail"]
+        and "dockerd" in docker["fix"]
+    )
+    assert done.returncode == 0 and report["ok"] is True
     assert checks["NVIDIA container runtime"]["status"] == "skip"
     assert {"GPUs", "models dir", "ports", "micromamba", "stale deployments"} <= set(checks)
     human = cli("doctor")
-    assert human.returncode == 1 and "✗ Docker daemon" in human.stdout and "fix:" in human.stdout
+    assert human.returncode == 0 and "Docker daemon" in human.stdout and "fix:" in human.stdout
 
 
 def test_doctor_with_docker(home: Path, docker_client: Any) -> None:
