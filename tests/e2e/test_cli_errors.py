@@ -28,10 +28,20 @@ def test_up_refuses_with_one_line(home: Path, model: str, args: list[str], code:
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("command", ["up", "plan"])
-def test_help_shows_what_to_write_not_python_types(command: str) -> None:
-    done = cli(command, "--help")
-    assert done.returncode == 0 and "<list[str]>" not in done.stdout and "KEY=VALUE" in done.stdout
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        ("up", "KEY=VALUE"),
+        ("plan", "SECONDS"),
+        ("serve", "MODEL=URL"),
+        ("pull", "GLOB"),
+        ("apply", "SECONDS"),
+    ],
+)
+def test_help_shows_what_to_write_not_python_types(command: str, shown: str) -> None:
+    done = cli(*command.split(), "--help")
+    assert done.returncode == 0 and shown in done.stdout
+    assert "<list[str]>" not in done.stdout and "float range" not in done.stdout
 
 
 @pytest.mark.parametrize(("shell", "var"), [("bash", "complete_bash"), ("zsh", "complete_zsh")])

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 Name = Annotated[str, typer.Argument(help="Deployment name (see `llmdock ps`).")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the engine serves.")]
-Timeout = Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for readiness.")]
+Timeout = Annotated[
+    float, typer.Option("--timeout", min=1, metavar="SECONDS", help="Seconds to wait for readiness.")
+]
 
 
 def runtimes(s: Settings) -> dict[str, Member]:

@@ -62,10 +62,12 @@ def pull_command(
     revision: Annotated[str | None, typer.Option(help="Branch, tag or commit (default: the hub's).")] = None,
     include: Annotated[
         list[str] | None,
-        typer.Option(help="Only files matching this glob (repeatable), e.g. '*.safetensors'."),
+        typer.Option(
+            metavar="GLOB", help="Only files matching this glob (repeatable), e.g. '*.safetensors'."
+        ),
     ] = None,
     exclude: Annotated[
-        list[str] | None, typer.Option(help="Skip files matching this glob (repeatable).")
+        list[str] | None, typer.Option(metavar="GLOB", help="Skip files matching this glob (repeatable).")
     ] = None,
     models_dir: ModelsDir = None,
     allow_system_disk: Annotated[

@@ -35,7 +35,11 @@ def serve(
     ] = False,
     route: Annotated[
         list[str] | None,
-        typer.Option("--route", help="MODEL=URL: also serve an OpenAI-compatible server not run by llmdock."),
+        typer.Option(
+            "--route",
+            metavar="MODEL=URL",
+            help="MODEL=URL (repeatable): also serve an OpenAI-compatible server not run by llmdock.",
+        ),
     ] = None,
     docker: Annotated[bool, typer.Option("--docker/--no-docker", help="Serve llmdock's deployments.")] = True,
     body_limit_mb: Annotated[float, typer.Option(help="Largest request body, in MiB (else 413).")] = 32.0,
