@@ -105,8 +105,17 @@ def wait_ready(
     deadline = start + timeout
     read_tail = tail or (lambda n, k: list(runtime.logs(n, tail=k)))
     last_phase_check = 0.0
-    phase: str | None = None
-    reported: set[str] = set()
+    reported: list[str] = []
+
+    def report_phases() -> None:
+        """Tell every phase the log shows that was not told yet, in order."""
+        if on_phase is None:
+            return
+        for seen in phases_seen(read_tail(name, DIAGNOSE_TAIL), engine):
+            if seen not in reported:
+                reported.append(seen)
+                on_phase(seen)
+
     while True:
         dep = runtime.get(name)
         if dep is None:
@@ -118,21 +127,19 @@ def wait_ready(
             raise failed(dep, read_tail(name, DIAGNOSE_TAIL), engine)
         listed = dep.served_name if engine.lists_local_models else None
         if dep.port is not None and probe(dep.port, dep.health_path, listed, engine.health_timeout_s):
-            return time.monotonic() - start
+            took = time.monotonic() - start
+            report_phases()  # the ones since the last poll ("serving", at least) are told too
+            return took
         now = time.monotonic()
         if now >= deadline:
             raise ReadinessTimeout(
-                f"{name!r} is still not ready after {timeout:.0f}s (last phase: {phase or 'unknown'})",
+                f"{name!r} is still not ready after {timeout:.0f}s (last phase: {(reported or ['unknown'])[-1]})",
                 f"it keeps starting in the background: watch `llmdock logs -f {name}`, "
                 "or wait longer next time with --timeout SECONDS",
             )
         if on_phase is not None and now - last_phase_check >= PHASE_EVERY_S:
             last_phase_check = now
-            for seen in phases_seen(read_tail(name, DIAGNOSE_TAIL), engine):
-                if seen not in reported:
-                    reported.add(seen)
-                    phase = seen
-                    on_phase(seen)
+            report_phases()
         time.sleep(POLL_S)
 
 

@@ -217,9 +217,23 @@ def test_cli_killed_during_up_leaves_a_deployment_ps_shows(
 
 
 def test_ctrl_c_during_up_says_what_keeps_running_and_how_to_stop_it(
-    home: Path, engine_image: str, tiny_model: Path, name: str, docker_client: Any
+    home: Path, tiny_model: Path, name: str, docker_client: Any
 ) -> None:
-    argv = [sys.executable, "-m", "llmdock.cli.main", "up", str(tiny_model), "--engine", "transformers"]
+    from llmdock.demo.image import VLLM_TAG, ensure_engine_image
+
+    ensure_engine_image(docker_client, VLLM_TAG, log=lambda _: None)
+    # vLLM takes about a minute to serve: the interrupt always lands while `up` still waits
+    argv = [
+        sys.executable,
+        "-m",
+        "llmdock.cli.main",
+        "up",
+        str(tiny_model),
+        "--engine",
+        "vllm",
+        "--gpus",
+        "none",
+    ]
     proc = subprocess.Popen([*argv, "--name", name], stderr=subprocess.PIPE, text=True, env={**os.environ})
     deadline = time.monotonic() + 60
     while not docker_client.containers.list(all=True, filters={"name": name}) and time.monotonic() < deadline:

