@@ -55,3 +55,19 @@ def test_shell_completion_completes_up_flags(shell: str, var: str) -> None:
     )
     done = cli(env={"_LLMDOCK_COMPLETE": var, **words})
     assert "--tensor-parallel-size" in done.stdout
+
+
+def test_a_what_if_plan_works_with_docker_down_and_says_what_it_could_not_see(
+    home: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from tests.support.modelconfigs import config
+
+    model = tmp_path / "Qwen2.5-7B-Instruct"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(config("Qwen--Qwen2.5-7B-Instruct")))
+    down = {"LLMDOCK_DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    done = cli("plan", str(model), "--assume-gpus", "2x80GiB", env=down)
+    assert done.returncode == 0, done.stderr
+    assert "would deploy" in done.stdout and "not checked" in done.stdout and "fit: TP 1" in done.stdout

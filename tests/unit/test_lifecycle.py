@@ -198,3 +198,9 @@ def test_a_what_if_plan_needs_no_docker_and_says_what_it_could_not_see(tmp_path:
     assert any("not reachable" in n and "not checked" in n for n in plan.notes)
     with pytest.raises(RuntimeUnavailable):  # a real `up` still needs the daemon
         lc.up(DeploymentSpec.create(qwen72b_dir(tmp_path / "x"), name="r", engine="vllm"), wait=False)
+
+
+def test_up_says_what_it_does_before_the_engine_has_phases(lc: Lifecycle, model: str) -> None:
+    seen: list[str] = []
+    lc.up(spec(model), wait=False, on_phase=seen.append)
+    assert seen == ["creating the container"]
