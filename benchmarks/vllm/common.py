@@ -33,6 +33,11 @@ TEST_PREFIXES = ("v-", "vf-", "t-")  # containers of the test suite running besi
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def up_argv(llmdock: str, model: str, name: str, *extra: str) -> list[str]:
+    """`llmdock up MODEL` of the tiny model on vLLM's CPU backend, with JSON output."""
+    return [llmdock, "up", model, "--engine", "vllm", "--gpus", "none", "--name", name, "--json", *extra]
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 

@@ -30,6 +30,7 @@ from common import (
     get_json,
     log,
     median,
+    up_argv,
 )
 
 METRICS = (
@@ -145,20 +146,7 @@ class Load:
         self.owned.add(self.name)
         log("load: llmdock up bench-engine (shared by every round)")
         done = subprocess.run(
-            [
-                self.llmdock,
-                "up",
-                str(self.model),
-                "--engine",
-                "vllm",
-                "--gpus",
-                "none",
-                "--name",
-                self.name,
-                "--json",
-                "--timeout",
-                str(timeout_s),
-            ],
+            up_argv(self.llmdock, str(self.model), self.name, "--timeout", str(timeout_s)),
             env=self.env,
             capture_output=True,
             text=True,

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from common import Owned, container_times, docker, log, median, serves
+from common import Owned, container_times, docker, log, median, serves, up_argv
 
 BARE_POLL_S = 0.05
 STATE_EVERY = 20  # polls between two checks that the bare container still runs
@@ -51,19 +51,7 @@ class Ready:
         self.sdk = docker_sdk.from_env()
 
     def _up_argv(self, name: str, *extra: str) -> list[str]:
-        return [
-            self.llmdock,
-            "up",
-            str(self.model),
-            "--engine",
-            "vllm",
-            "--gpus",
-            "none",
-            "--name",
-            name,
-            "--json",
-            *extra,
-        ]
+        return up_argv(self.llmdock, str(self.model), name, *extra)
 
     def llmdock_run(self, index: int, *, cold: bool = False) -> Run:
         name = self.owned.add(f"bench-up-{index}")
