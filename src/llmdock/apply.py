@@ -135,14 +135,13 @@ def load(text: str, source: str = "llmdock.yaml") -> Desired:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise InvalidSpec(
-            f"{at}: not valid YAML: {getattr(e, 'problem', e)}", "fix the file; nothing was changed"
-        ) from None
+        why = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InvalidSpec(f"{at}: not valid YAML: {why}", "fix the file; nothing was changed") from None
     try:
         parsed = File.model_validate(data)
     except ValidationError as e:
         lines = [
-            f"{_where(root, tuple(err['loc']), source)}: {'.'.join(map(str, err['loc']))}: {err['msg']}"
+            f"{_where(root, tuple(err['loc']), source)}: {'.'.join(map(str, err['loc'])) or 'the file'}: {err['msg']}"
             for err in e.errors()
         ]
         raise InvalidSpec(
@@ -181,16 +180,12 @@ def _seconds(text: str | None) -> float | None:
 
 def to_spec(entry: DeploymentEntry) -> DeploymentSpec:
     """The spec ``llmdock up`` would build from the same flags (validated the same way)."""
-    from pathlib import Path
-
     from llmdock.spec import DeploymentSpec
+    from llmdock.weights import canonical_model
 
-    model = entry.model
-    if Path(model).expanduser().exists():  # as `up` does: ./m and /abs/m are one deployment
-        model = str(Path(model).expanduser().resolve())
     limits = entry.limit_mm_per_prompt
     return DeploymentSpec.create(
-        model,
+        canonical_model(entry.model),
         name=entry.name,
         engine=entry.engine,
         image=entry.image,

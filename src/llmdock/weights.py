@@ -41,6 +41,13 @@ class Weights:
     note: str = ""
 
 
+def canonical_model(model: str) -> str:
+    """An existing folder as its real absolute path (``./m`` and ``/abs/m`` are one deployment, one
+    spec hash); anything else (a hub ID) as given."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
 def is_hub_id(model: str) -> bool:
     from llmdock.models.names import looks_like_path
 

@@ -32,6 +32,8 @@ IMAGE = settings.KEYS["image.transformers"].default
         ("deployments:\n  - {name: a/b, model: /m}\n", ["llmdock.yaml:2:5", "name 'a/b' is not allowed"]),
         ("keys:\n  - {name: k, rpm: 0}\n", ["llmdock.yaml:2:15", "rpm"]),
         ("version: 2\n", ["llmdock.yaml:1:1", "version"]),
+        ("- a\n- b\n", ["llmdock.yaml:1:1: the file:", "valid dictionary"]),
+        ("deployments: []\n\x00", ["not valid YAML: unacceptable character"]),
     ],
 )
 def test_an_invalid_file_is_refused_whole_with_positions(text: str, fragments: list[str]) -> None:

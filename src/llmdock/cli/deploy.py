@@ -183,10 +183,10 @@ def up(
     from llmdock.spec import DeploymentSpec
 
     variables, named_env = split_env(env or [], runtime)
-    if Path(model).expanduser().exists():  # ./m and /abs/m are the same deployment: hash the real path
-        model = str(Path(model).expanduser().resolve())
+    from llmdock.weights import canonical_model
+
     spec = DeploymentSpec.create(
-        model,
+        canonical_model(model),
         name=name,
         engine=engine,
         image=image,

@@ -155,13 +155,3 @@ def bind_host(spec: DeploymentSpec) -> str:
     gateway does) or a bridge network (where the container's own loopback is unreachable from the host,
     and the published port is bound to 127.0.0.1 instead)."""
     return "0.0.0.0" if spec.expose or spec.network == "bridge" else "127.0.0.1"
-
-
-def parse_version(text: str | None) -> tuple[int, ...] | None:
-    """``0.8.5.post1`` -> (0, 8, 5); None or garbage -> None (callers then assume the newest)."""
-    if not text:
-        return None
-    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
-    if not m:
-        return None
-    return tuple(int(p) for p in m.groups("0"))
