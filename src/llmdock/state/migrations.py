@@ -61,4 +61,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        3,
+        """
+        ALTER TABLE api_keys ADD COLUMN tokens_per_day INTEGER;
+        ALTER TABLE api_keys ADD COLUMN tokens_per_month INTEGER;
+        ALTER TABLE api_keys ADD COLUMN tpm INTEGER;
+        ALTER TABLE api_keys ADD COLUMN max_concurrent INTEGER;
+        ALTER TABLE api_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT 'api';
+        CREATE INDEX usage_by_minute ON usage(minute);
+        """,
+    ),
 ]
