@@ -11,6 +11,7 @@ import sys
 import typer
 
 from llmdock.cli import apply as apply_cmd
+from llmdock.cli import bundle as bundle_cmd
 from llmdock.cli import config as config_cmd
 from llmdock.cli import demo as demo_cmd
 from llmdock.cli import deploy
@@ -37,6 +38,7 @@ app.command("doctor")(doctor_cmd.doctor)
 app.command("demo")(demo_cmd.demo)
 serve_cmd.register(app)
 apply_cmd.register(app)
+bundle_cmd.register(app)
 
 
 def run() -> None:

@@ -53,14 +53,21 @@ def required(need: int, reserve: int = RESERVE, margin: float = MARGIN_RATIO) ->
     return need + int(need * margin) + reserve if need > 0 else 0
 
 
-def check_space(need: int, facts: DiskFacts, reserve: int = RESERVE, margin: float = MARGIN_RATIO) -> None:
+def check_space(
+    need: int,
+    facts: DiskFacts,
+    reserve: int = RESERVE,
+    margin: float = MARGIN_RATIO,
+    what: str = "the download",
+    hint: str = "free some space, or point --models-dir (or LLMDOCK_MODELS_DIR) at a bigger data disk",
+) -> None:
     """Refuse when ``need`` bytes (plus margin and reserve) do not fit; the message has both numbers."""
     want = required(need, reserve, margin)
     if want > facts.free:
         raise InsufficientSpace(
-            f"not enough free space in {facts.path}: the download needs {human(want)} "
+            f"not enough free space in {facts.path}: {what} needs {human(want)} "
             f"({human(need)} of files plus margin) but only {human(facts.free)} is free",
-            "free some space, or point --models-dir (or LLMDOCK_MODELS_DIR) at a bigger data disk",
+            hint,
             need=want,
             free=facts.free,
         )

@@ -1,0 +1,199 @@
+"""``llmdock bundle`` and ``llmdock load``: a model, its engine image and llmdock for an offline host.
+
+Registration (in cli/main.py)::
+
+    from llmdock.cli import bundle as bundle_cmd
+    bundle_cmd.register(app)
+
+Messages go to stderr: with ``-o -`` stdout carries the bundle itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from llmdock.cli.models import ModelsDir, _store
+from llmdock.errors import InvalidSpec
+
+if TYPE_CHECKING:
+    from llmdock.bundle.images import Images
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bundle")(bundle)
+    app.command("load")(load)
+
+
+def bundle(
+    model: Annotated[
+        str, typer.Argument(metavar="MODEL", help="A model in the store: ORG/NAME, or source:ORG/NAME@REV.")
+    ],
+    output: Annotated[
+        str, typer.Option("-o", "--output", metavar="FILE", help="Where to write the bundle; '-' for stdout.")
+    ],
+    image: Annotated[
+        str | None, typer.Option(metavar="IMAGE", help="Engine image to include (default: the engine's).")
+    ] = None,
+    engine: Annotated[
+        str, typer.Option(metavar="ENGINE", help="Whose default image to include when --image is not given.")
+    ] = "vllm",
+    no_image: Annotated[bool, typer.Option("--no-image", help="Weights and llmdock only.")] = False,
+    wheel: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="llmdock wheel to include (default: built from this llmdock)."),
+    ] = None,
+    models_dir: ModelsDir = None,
+) -> None:
+    """Write MODEL, an engine image (docker save) and llmdock's wheel into one file for an offline host.
+
+    Example: llmdock bundle Qwen/Qwen2.5-7B-Instruct --image vllm/vllm-openai:v0.34.0 -o - | ssh gpu1 llmdock load -
+    """
+    import tempfile
+
+    from llmdock import settings
+    from llmdock.bundle.wheel import llmdock_wheel
+    from llmdock.bundle.write import write_bundle
+    from llmdock.cli.render import err
+
+    if output == "-" and sys.stdout.isatty():
+        raise InvalidSpec(
+            "refusing to write a bundle to the terminal",
+            "redirect stdout (`-o - > FILE`, `| ssh …`) or give -o FILE",
+        )
+    store = _store(models_dir)
+    store.find(model)  # a missing model is the error before any wheel is built
+    name = None if no_image else image or settings.load().image(engine)
+    images = _docker_images() if name else None
+    with tempfile.TemporaryDirectory(prefix="llmdock-wheel-") as tmp:
+        whl, how = llmdock_wheel(Path(tmp), wheel)
+        err.print(f"llmdock wheel: {whl.name} ({how})")
+        with _output(output) as out:
+            head = write_bundle(store, model, out, wheel=whl, image=name, images=images, progress=_say)
+    where = "stdout" if output == "-" else output
+    image_text = f", image {head.image.name} ({head.image.id[:19]})" if head.image else ""
+    err.print(f"wrote {where}: model {head.model.key}{image_text}, llmdock {head.llmdock_version}")
+
+
+def load(
+    source: Annotated[
+        str, typer.Argument(metavar="FILE", help="A bundle from `llmdock bundle`; '-' for stdin.")
+    ],
+    models_dir: ModelsDir = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Progress and the result as JSON lines.")] = False,
+) -> None:
+    """Verify a bundle, then load its image and register its model; resumes a partial copy.
+
+    Example: llmdock load /mnt/usb/qwen2.5-7b.llmdock
+    """
+    from llmdock import settings
+    from llmdock.bundle.load import load_bundle
+
+    # TODO(hosts): `load --host NAME` once fleet hosts exist (ssh to the host, run `llmdock load -` there)
+    store = _store(models_dir)
+    say = _json_line if json_out else _say
+    with _input(source) as (stream, seekable):
+        done = load_bundle(
+            store,
+            stream,
+            seekable=seekable,
+            wheels_dir=settings.load().home / "wheels",
+            images=_docker_images,
+            progress=say,
+        )
+    if json_out:
+        _json_line(
+            {
+                "event": "result",
+                "model": done.model.key,
+                "path": str(done.model.path),
+                "image": done.image.name if done.image else None,
+                "image_loaded": done.image_loaded,
+                "wheel": str(done.wheel),
+                "kept": done.kept,
+                "received": done.received,
+            }
+        )
+        return
+    image = (
+        f"; image {done.image.name} {'loaded' if done.image_loaded else 'already here'}" if done.image else ""
+    )
+    typer.echo(f"{done.model.key}: verified and registered in {done.model.path}{image}")
+    typer.echo(f"llmdock wheel kept at {done.wheel} (`pip install --no-deps {done.wheel}` to upgrade)")
+
+
+def _docker_images() -> Images:
+    from llmdock.bundle.images import DockerImages
+    from llmdock.runtimes.docker import connect
+
+    return DockerImages(connect())
+
+
+@contextlib.contextmanager
+def _output(target: str) -> Iterator[IO[bytes]]:
+    """stdout, or ``FILE.part`` renamed to FILE once the bundle is complete (a failed one leaves none)."""
+    if target == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    path = Path(target).expanduser()
+    part = path.with_name(path.name + ".part")
+    try:
+        f = part.open("wb")
+    except OSError as e:
+        raise InvalidSpec(f"cannot write {path}: {e.strerror}", "choose a writable -o FILE") from None
+    try:
+        with f:
+            yield f
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    part.replace(path)
+
+
+@contextlib.contextmanager
+def _input(source: str) -> Iterator[tuple[IO[bytes], bool]]:
+    if source == "-":
+        yield sys.stdin.buffer, False
+        return
+    path = Path(source).expanduser()
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        from llmdock.errors import NotFound
+
+        raise NotFound(
+            f"cannot read bundle {path}: {e.strerror}", "give the file `llmdock bundle` wrote"
+        ) from None
+    with f:
+        yield f, True
+
+
+def _say(event: dict[str, Any]) -> None:
+    from llmdock.cli.render import err
+
+    kind = event["event"]
+    if kind == "bundle_member":
+        err.print(f"  + {event['path']} ({_size(event['size'])})")
+    elif kind == "load_start":
+        kept = f", {event['kept']} verified earlier" if event["kept"] else ""
+        err.print(f"loading {event['model']}: {event['members']} members{kept}")
+    elif kind == "member":
+        err.print(f"  {event['action']:>8} {event['path']} ({_size(event['size'])})")
+    elif kind == "image_load":
+        err.print(f"image {event['image']}: {event['action']}")
+
+
+def _json_line(event: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
