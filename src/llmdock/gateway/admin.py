@@ -8,6 +8,7 @@
     GET    /admin/v1/deployments/{name}/logs     log lines as text (``?tail=N&follow=true``)
     GET    /admin/v1/models                      every model the gateway routes
     GET    /admin/v1/keys  POST /admin/v1/keys  DELETE /admin/v1/keys/{name}
+    PATCH  /admin/v1/keys/{name}                 change limits in place: {"rpm": 60, "tpm": null}
     GET    /admin/v1/usage?since=EPOCH
     GET    /openapi.json
 
@@ -29,10 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from llmdock.errors import Conflict, InvalidSpec, LlmdockError, NotFound
+from llmdock.gateway import dashboard
 from llmdock.gateway.asgi import Request, Response, Stream
 from llmdock.gateway.keys import Authenticator
 from llmdock.gateway.keystore import KeyStore
 from llmdock.gateway.proxy import error_response, json_response
+from llmdock.gateway.quotas import Quota, Quotas, check_quota
 from llmdock.gateway.routing import RouteTable
 from llmdock.gateway.wire import (
     AdminOnly,
@@ -87,6 +90,14 @@ def check_admin(auth: Authenticator, request: Request) -> None:
     auth.admin(request.header("authorization"))
 
 
+def check_metrics(auth: Authenticator, request: Request) -> None:
+    """``/metrics``: an admin or metrics-scoped key, or (no key configured) a local caller."""
+    if auth.open and not auth.require_key:
+        check_admin(auth, request)
+        return
+    auth.metrics(request.header("authorization"))
+
+
 def split_admin_path(path: str) -> list[str] | None:
     """``/admin/v1/keys/bob`` -> ``["keys", "bob"]``; None for anything not under ``/admin/v1/``."""
     parts = path.split("/")
@@ -119,8 +130,14 @@ def llmdock_error(e: LlmdockError) -> Response:
 
 class Admin:
     def __init__(
-        self, auth: Authenticator, keystore: KeyStore | None, table: RouteTable, act: Act | None
+        self,
+        auth: Authenticator,
+        keystore: KeyStore | None,
+        table: RouteTable,
+        act: Act | None,
+        quotas: Quotas | None = None,
     ) -> None:
+        self.quotas = quotas or Quotas()
         self.auth = auth
         self.keystore = keystore
         self.table = table
@@ -150,6 +167,10 @@ class Admin:
 
     async def route(self, request: Request, method: str, parts: list[str]) -> Response | Stream:
         q = request.query
+        if parts and parts[0] in dashboard.ROUTES:
+            answer = await dashboard.route(self, request, method, parts)
+            if answer is not None:
+                return answer
         if parts == ["models"] and method == "GET":
             return json_response(
                 {"object": "list", "data": [self.model(r) for r in self.table.routes.values()]}
@@ -201,24 +222,47 @@ class Admin:
         return body
 
     async def keys(self, request: Request, method: str, rest: list[str]) -> Response:
+        """Keys with their limits and what they used (live, from this gateway's counters)."""
         assert self.keystore is not None
         if not rest and method == "GET":
-            return json_response([vars(k) for k in self.keystore.list_keys()])
+            return json_response([self.key(k) for k in self.keystore.list_keys()])
         if not rest and method == "POST":
             body = await self.json(request)
-            models, rpm = body.get("models") or [], body.get("rpm")
-            if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-                raise BadRequest("`models` must be a list of model names")
-            if rpm is not None and (not isinstance(rpm, int) or isinstance(rpm, bool) or rpm < 1):
-                raise BadRequest("`rpm` must be a positive whole number")
+            models, scopes = body.get("models") or [], body.get("scopes") or ["api"]
+            for field, value in (("models", models), ("scopes", scopes)):
+                if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+                    raise BadRequest(f"`{field}` must be a list of names")
             key = self.keystore.create(
-                str(body.get("name", "")), models=tuple(models), rpm=rpm, admin=bool(body.get("admin"))
+                str(body.get("name", "")),
+                models=tuple(models),
+                quota=self.quota(body),
+                admin=bool(body.get("admin")),
+                scopes=tuple(scopes),
             )
             return json_response({"name": body["name"], "key": key}, status=201)
+        if len(rest) == 1 and method == "PATCH":  # change limits in place: {"rpm": 60, "tpm": null}
+            body = await self.json(request)
+            self.quota(body)
+            changes = {n: body[n] for n in Quota.names() if n in body}
+            unknown = set(body) - set(changes)
+            if unknown:
+                raise BadRequest(
+                    f"unknown field {', '.join(sorted(unknown))}; limits: {', '.join(Quota.names())}"
+                )
+            return json_response(self.key(self.keystore.set_quota(rest[0], changes)))
         if len(rest) == 1 and method == "DELETE":
             self.keystore.revoke(rest[0])
             return json_response({"revoked": rest[0]})
         raise NotFoundPath(f"no admin endpoint {method} {request.path}; see /openapi.json")
+
+    def quota(self, body: dict[str, Any]) -> Quota:
+        try:
+            return check_quota(body)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+
+    def key(self, k: Any) -> dict[str, Any]:
+        return {**k.as_dict(), "usage": self.quotas.snapshot(k.name)}
 
     async def logs(self, request: Request, name: str) -> Stream:
         assert self.act is not None
@@ -298,9 +342,22 @@ OPENAPI: dict[str, Any] = {
         "/admin/v1/models": {"get": _op("Every routed model with replica health")},
         "/admin/v1/keys": {
             "get": _op("List keys"),
-            "post": _op("Create a key: {name, models?, rpm?, admin?}", True),
+            "post": _op(
+                "Create a key: {name, models?, admin?, scopes? (api, metrics), tokens_per_day?, "
+                "tokens_per_month?, rpm?, tpm?, max_concurrent?}",
+                True,
+            ),
         },
-        "/admin/v1/keys/{name}": {"delete": {**_op("Revoke a key"), "parameters": NAME}},
+        "/admin/v1/keys/{name}": {
+            "delete": {**_op("Revoke a key"), "parameters": NAME},
+            "patch": {
+                **_op("Change a key's limits in place ({rpm: 60, tpm: null})", True),
+                "parameters": NAME,
+            },
+        },
         "/admin/v1/usage": {"get": _op("Usage per key and model (?since=EPOCH)")},
     },
 }
+OPENAPI["paths"].update(
+    {p: {m: _op(s, m == "post") for m, s in ops.items()} for p, ops in dashboard.OPENAPI_PATHS.items()}
+)

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from llmdock.errors import LlmdockError
-from llmdock.gateway.admin import Admin, check_admin
+from llmdock.gateway.admin import Admin, check_metrics
 from llmdock.gateway.asgi import App, Request, Response, Stream
 from llmdock.gateway.engine import EngineClient
 from llmdock.gateway.engine import session as engine_session
@@ -34,6 +34,7 @@ from llmdock.gateway.keystore import KeyStore
 from llmdock.gateway.limits import Limits
 from llmdock.gateway.metrics import Metrics
 from llmdock.gateway.proxy import Proxy, ProxyConfig, UsageBuffer, error_response, json_response
+from llmdock.gateway.quotas import Quotas
 from llmdock.gateway.routing import Policy, RouteTable
 from llmdock.gateway.server import Server, bind
 from llmdock.gateway.supervisor import (
@@ -122,19 +123,11 @@ class LifecycleController:
         return self.keystore.policies()
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        from llmdock.errors import InvalidSpec
-        from llmdock.spec import DeploymentSpec
+        from llmdock.gateway.dashboard import spec_from_body
 
-        body = dict(body)
-        model = body.pop("model", None)
-        wait = bool(body.pop("wait", False))
-        on_demand, idle = body.pop("on_demand", False), body.pop("idle_stop_s", None)
-        if not isinstance(model, str):
-            raise InvalidSpec("`model` (a weights directory) is required", 'send {"model": "/data/models/X"}')
-        try:
-            spec = DeploymentSpec.create(model, **body)
-        except TypeError as e:
-            raise InvalidSpec(f"unknown field: {e}", "use the long names of `llmdock up`'s flags") from None
+        spec = spec_from_body(body)
+        wait = bool(body.get("wait", False))
+        on_demand, idle = body.get("on_demand", False), body.get("idle_stop_s")
         result = self.lc.up(spec, wait=wait)
         if on_demand or idle:
             self.keystore.set_policy(spec.name, Policy(bool(on_demand), float(idle) if idle else None))
@@ -152,6 +145,9 @@ class Gateway:
             # (flush retries next tick), or every stream would stall with it.
             store.db.execute("PRAGMA busy_timeout=100")
         self.auth = Authenticator(self.keystore.active() if self.keystore else ())
+        self.quotas = Quotas()
+        if self.keystore is not None:  # token quotas go on from what the database recorded today
+            self.quotas.seed(self.keystore.token_totals(time.time()))
         self.table = RouteTable()
         self.metrics = Metrics()
         self.usage = UsageBuffer()
@@ -193,8 +189,10 @@ class Gateway:
             opts.proxy,
             opts.limits,
             self.supervisor.hold,
+            self.quotas,
         )
-        self.admin = Admin(self.auth, self.keystore, self.table, self.supervisor.act if opts.docker else None)
+        act = self.supervisor.act if opts.docker else None
+        self.admin = Admin(self.auth, self.keystore, self.table, act, self.quotas)
         self.server = Server(App(self.dispatch, opts.limits.header_bytes), opts.limits, refused=self.refused)
         await self.supervisor.start()
         self.port = await self.server.start(opts.host, opts.port, sock)
@@ -205,8 +203,8 @@ class Gateway:
         if path.startswith("/v1/"):
             answer = await self.proxy.handle(request)
         elif path == "/metrics":
-            try:  # it names keys and models: admin only (a local caller when no key is configured)
-                check_admin(self.auth, request)
+            try:  # it names keys and models: admin or metrics-scoped keys (a local caller when no key)
+                check_metrics(self.auth, request)
             except GatewayError as e:
                 return error_response(e)
             from llmdock.gateway.engine_metrics import collect
@@ -219,6 +217,10 @@ class Gateway:
             return json_response({"status": "ok", "models": len(self.table.routes)})
         elif path.startswith("/admin/") or path == "/openapi.json":
             answer = await self.admin.handle(request)
+        elif path == "/ui" or path.startswith("/ui/"):
+            from llmdock.gateway.ui import serve_ui
+
+            return serve_ui(self.auth, request)
         else:
             return error_response(NotFoundPath(f"no endpoint {path}; the API is under /v1/"))
         return answer
@@ -236,6 +238,7 @@ class Gateway:
                 self.flush()
                 if self.keystore is not None and ticks % int(KEYS_RELOAD_S / FLUSH_S) == 0:
                     self.auth.replace(self.keystore.active())
+                    self.quotas.forget({r.name for r in self.auth.by_hash.values()})
             except Exception:
                 log.exception("housekeeping failed")
 
