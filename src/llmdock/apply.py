@@ -7,7 +7,8 @@ carries the changes out: create, change (``up --replace``; the fields that diffe
 ``prune``, remove what the file no longer names. Applying the same file twice changes nothing.
 
 Secrets never live in the file: a key named there is created and its secret printed once; a key's
-scope and limits are changed in place, keeping its secret.
+scope and limits (models, scopes, and the quotas of :mod:`llmdock.gateway.quotas`: tokens per UTC day
+and month, rpm, tpm, max_concurrent) are changed in place, keeping its secret and what it used.
 
 Example file::
 
@@ -21,6 +22,10 @@ Example file::
       - name: team
         models: [qwen]
         rpm: 60
+        tokens_per_day: 2000000
+        max_concurrent: 8
+      - name: prom
+        scopes: [metrics]
 """
 
 from __future__ import annotations
@@ -73,6 +78,13 @@ class DeploymentEntry(BaseModel):
     idle_stop: str | None = Field(default=None, description="Stop after this long without requests: 30m, 2h.")
 
 
+Scope = Literal["api", "metrics"]
+
+
+def _api_scope() -> list[Scope]:
+    return ["api"]
+
+
 class KeyEntry(BaseModel):
     """A gateway API key by name (its secret is printed once when created, never stored here)."""
 
@@ -80,8 +92,19 @@ class KeyEntry(BaseModel):
 
     name: str
     models: list[str] = Field(default_factory=list, description="Deployments it may use (empty: all).")
-    rpm: int | None = Field(default=None, ge=1)
     admin: bool = False
+    scopes: list[Scope] = Field(
+        default_factory=_api_scope, min_length=1, description="api (/v1), metrics (/metrics only)."
+    )
+    tokens_per_day: int | None = Field(default=None, ge=1, description="Tokens per UTC day.")
+    tokens_per_month: int | None = Field(default=None, ge=1, description="Tokens per UTC calendar month.")
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute (sliding 60 s).")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute (sliding 60 s).")
+    max_concurrent: int | None = Field(default=None, ge=1, description="Requests in flight at once.")
+
+    def settings(self) -> dict[str, Any]:
+        """Everything but the name, as :func:`current` reads it back."""
+        return self.model_dump(exclude={"name"})
 
 
 class File(BaseModel):
@@ -239,7 +262,7 @@ class Current:
     specs: dict[str, dict[str, Any]]  # name -> spec dict as recorded (first replica's, group name)
     hashes: dict[str, str]
     policies: dict[str, tuple[bool, float | None]]
-    keys: dict[str, tuple[tuple[str, ...], int | None, bool]]  # name -> (models, rpm, admin)
+    keys: dict[str, dict[str, Any]]  # name -> KeyEntry.settings()
     notes: list[str] = field(default_factory=list)
 
 
@@ -267,15 +290,12 @@ def diff(desired: Desired, current: Current, resolve: Any, *, prune: bool) -> li
             ]
             out.append(Change("policy", "change", name, tuple(changed)))
     for name, key in desired.keys.items():
-        want = (tuple(key.models), key.rpm, key.admin)
+        want = key.settings()
         have = current.keys.get(name)
         if have is None:
             out.append(Change("key", "create", name))
         elif have != want:
-            keylabels = ("models", "rpm", "admin")
-            changed = [
-                f"{n}: {h!r} -> {w!r}" for n, h, w in zip(keylabels, have, want, strict=True) if h != w
-            ]
+            changed = [f"{n}: {have.get(n)!r} -> {w!r}" for n, w in want.items() if have.get(n) != w]
             out.append(Change("key", "change", name, tuple(changed)))
     if prune:
         out += [Change("key", "remove", n) for n in sorted(current.keys) if n not in desired.keys]
@@ -299,8 +319,22 @@ def current(lc: Lifecycle, keystore: KeyStore) -> Current:
         if name not in hashes:  # the first replica stands for its group
             hashes[name], specs[name] = d.spec_hash, {**d.spec, "name": name}
     policies = {n: (p.on_demand, p.idle_stop_s) for n, p in keystore.policies().items()}
-    keys = {k.name: (tuple(k.models), k.rpm, k.admin) for k in keystore.list_keys()}
+    keys = {k.name: _key_settings(k) for k in keystore.list_keys()}
     return Current(specs, hashes, policies, keys, list(lc.notes))
+
+
+def _key_settings(k: Any) -> dict[str, Any]:
+    """A stored key (:class:`~llmdock.gateway.keystore.KeyInfo`) as the file would write it."""
+    return KeyEntry(
+        name=k.name, models=list(k.models), admin=k.admin, scopes=list(k.scopes), **k.quota.as_dict()
+    ).settings()
+
+
+def _key_args(key: KeyEntry) -> dict[str, Any]:
+    from llmdock.gateway.quotas import Quota
+
+    quota = Quota(**{n: getattr(key, n) for n in Quota.names()})
+    return {"models": tuple(key.models), "quota": quota, "admin": key.admin, "scopes": tuple(key.scopes)}
 
 
 def carry_out(
@@ -335,11 +369,9 @@ def carry_out(
             on_demand, idle = desired.policies[c.name]
             keystore.set_policy(c.name, Policy(on_demand, idle))
         elif c.action == "create":
-            key = desired.keys[c.name]
-            secrets[c.name] = keystore.create(c.name, models=tuple(key.models), rpm=key.rpm, admin=key.admin)
+            secrets[c.name] = keystore.create(c.name, **_key_args(desired.keys[c.name]))
         elif c.action == "change":
-            key = desired.keys[c.name]
-            update_key(keystore, c.name, models=tuple(key.models), rpm=key.rpm, admin=key.admin)
+            update_key(keystore, c.name, **_key_args(desired.keys[c.name]))
         else:
             keystore.revoke(c.name)
     return secrets
@@ -365,13 +397,9 @@ def export(cur: Current) -> dict[str, Any]:
         if idle:
             entry["idle_stop"] = f"{int(idle)}s"
         deployments.append(entry)
+    key_defaults = KeyEntry(name="-").settings()
     keys = [
-        {
-            "name": n,
-            **({"models": list(m)} if m else {}),
-            **({"rpm": r} if r else {}),
-            **({"admin": True} if a else {}),
-        }
-        for n, (m, r, a) in sorted(cur.keys.items())
+        {"name": n, **{f: v for f, v in settings.items() if v != key_defaults[f]}}
+        for n, settings in sorted(cur.keys.items())
     ]
     return {"version": 1, "deployments": deployments, "keys": keys}

@@ -91,7 +91,7 @@ def test_apply_creates_then_is_idempotent_then_changes_fields_then_prunes(lc: Li
     assert changed == ["~ deployment a (dtype: 'auto' -> 'float32')", "~ key team (rpm: 60 -> 90)"]
     assert lc.get("a").spec["dtype"] == "float32"
     keys = KeyStore(lc.store).list_keys()
-    assert [(k.name, k.rpm) for k in keys] == [("team", 90)]  # changed in place: the same secret
+    assert [(k.name, k.quota.rpm) for k in keys] == [("team", 90)]  # changed in place: the same secret
 
     only_a = "deployments:\n" + file(model).split("deployments:\n")[1].split("  - name: b")[0]
     plan_and_apply(lc, only_a)

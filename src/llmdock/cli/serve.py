@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -74,6 +74,19 @@ def serve(
     drain: Annotated[
         float, typer.Option(help="On SIGTERM, seconds live streams may go on before they are ended.")
     ] = 30.0,
+    replica_concurrency: Annotated[
+        int,
+        typer.Option(
+            help="Requests one replica takes at once, unless its engine flags set --max-num-seqs "
+            "(or SGLang's --max-running-requests); beyond it requests queue."
+        ),
+    ] = 1024,
+    queue_length: Annotated[
+        int, typer.Option(help="Requests queued per deployment beyond its bound (beyond: 429).")
+    ] = 1024,
+    queue_wait: Annotated[
+        float, typer.Option(help="Seconds a queued request may wait for a slot (then 429).")
+    ] = 30.0,
 ) -> None:
     """Serve every deployment behind one OpenAI-compatible endpoint, with keys, usage and metrics.
 
@@ -107,6 +120,13 @@ def serve(
             f"--health-interval {health_interval:g} is not a positive number of seconds",
             "write it like --health-interval 1 (or 0.5 for faster failover)",
         )
+    for flag, value in (("--replica-concurrency", replica_concurrency), ("--queue-length", queue_length)):
+        if value < (1 if flag == "--replica-concurrency" else 0):
+            raise InvalidSpec(f"{flag} {value} is too small", f"give a whole number such as {flag} 64")
+    if not queue_wait >= 0:
+        raise InvalidSpec(
+            f"--queue-wait {queue_wait:g} is not a number of seconds", "write e.g. --queue-wait 30"
+        )
     s = settings.load()
     options = ServeOptions(
         host=host,
@@ -124,6 +144,9 @@ def serve(
             max_connections_per_ip=max_connections_per_ip,
             body_bytes=int(body_limit_mb * 1024 * 1024),
             drain_s=drain,
+            replica_concurrency=replica_concurrency,
+            queue_length=queue_length,
+            queue_wait_s=queue_wait,
         ),
         supervisor=SupervisorConfig(
             interval_s=health_interval, hold_timeout_s=hold_timeout, queue_max=queue_max
@@ -132,23 +155,46 @@ def serve(
     run(s, options, Store(s.db_path))
 
 
+def _limit(help_: str) -> Any:
+    return typer.Option(metavar="N", min=1, help=help_)
+
+
+TokensPerDay = Annotated[int | None, _limit("Tokens (prompt + completion) per UTC day.")]
+TokensPerMonth = Annotated[int | None, _limit("Tokens per UTC calendar month.")]
+Rpm = Annotated[int | None, _limit("Requests per minute (sliding 60 s).")]
+Tpm = Annotated[int | None, _limit("Tokens per minute (sliding 60 s).")]
+MaxConcurrent = Annotated[int | None, _limit("Requests in flight at once.")]
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Argument(help="A name for the key's owner (shown in usage).")],
     models: Annotated[
         str | None, typer.Option(help="Comma-separated models it may use (default: all).")
     ] = None,
-    rpm: Annotated[
-        int | None, typer.Option(help="Requests per minute it may make (default: no limit).")
-    ] = None,
-    admin: Annotated[bool, typer.Option(help="May use the admin API.")] = False,
+    tokens_per_day: TokensPerDay = None,
+    tokens_per_month: TokensPerMonth = None,
+    rpm: Rpm = None,
+    tpm: Tpm = None,
+    max_concurrent: MaxConcurrent = None,
+    scope: Annotated[
+        str,
+        typer.Option(metavar="SCOPES", help="api (the /v1 API), metrics (/metrics only), or api,metrics."),
+    ] = "api",
+    admin: Annotated[bool, typer.Option(help="May use the admin API (and /v1 and /metrics).")] = False,
     json_out: Json = False,
 ) -> None:
-    """Create a key and print it once (only its hash is stored)."""
+    """Create a key and print it once (only its hash is stored). Limits left out are unlimited.
+
+    Example: llmdock keys create team --models qwen --tokens-per-day 2000000 --rpm 60 --max-concurrent 8
+    """
     from llmdock.cli.render import err, print_json
+    from llmdock.gateway.quotas import Quota
 
     allowed = tuple(m.strip() for m in (models or "").split(",") if m.strip())
-    key = keystore().create(name, models=allowed, rpm=rpm, admin=admin)
+    quota = Quota(tokens_per_day, tokens_per_month, rpm, tpm, max_concurrent)
+    scopes = tuple(x.strip() for x in scope.split(",") if x.strip())
+    key = keystore().create(name, models=allowed, quota=quota, admin=admin, scopes=scopes)
     if json_out:
         print_json({"name": name, "key": key})
         return
@@ -156,28 +202,111 @@ def keys_create(
     err.print(f"[dim]key {name!r} created; it is shown only now, store it safely[/dim]")
 
 
+def _change(text: str | None, flag: str) -> int | None:
+    from llmdock.errors import InvalidSpec
+
+    assert text is not None
+    if text.strip().lower() in ("off", "none"):
+        return None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise InvalidSpec(
+            f"{flag} {text!r} is not a limit", f"give a whole number ({flag} 60), or {flag} off"
+        )
+    return int(text)
+
+
+@keys_app.command("quota")
+def keys_quota(
+    name: Annotated[str, typer.Argument(help="The key's name (see `keys ls`).")],
+    tokens_per_day: Annotated[str | None, typer.Option(metavar="N|off", help="Tokens per UTC day.")] = None,
+    tokens_per_month: Annotated[
+        str | None, typer.Option(metavar="N|off", help="Tokens per UTC month.")
+    ] = None,
+    rpm: Annotated[str | None, typer.Option(metavar="N|off", help="Requests per minute.")] = None,
+    tpm: Annotated[str | None, typer.Option(metavar="N|off", help="Tokens per minute.")] = None,
+    max_concurrent: Annotated[
+        str | None, typer.Option(metavar="N|off", help="Requests in flight at once.")
+    ] = None,
+    json_out: Json = False,
+) -> None:
+    """Change a key's limits in place (its secret stays); `off` removes one, those not given stay.
+    A running gateway applies the change within seconds; what the key used so far still counts.
+
+    Example: llmdock keys quota team --rpm 120 --tokens-per-day off
+    """
+    from llmdock.cli.render import err, print_json
+    from llmdock.errors import InvalidSpec
+
+    given = {
+        "tokens_per_day": tokens_per_day,
+        "tokens_per_month": tokens_per_month,
+        "rpm": rpm,
+        "tpm": tpm,
+        "max_concurrent": max_concurrent,
+    }
+    changes = {n: _change(v, "--" + n.replace("_", "-")) for n, v in given.items() if v is not None}
+    if not changes:
+        raise InvalidSpec(
+            "no limit given", "name one or more, e.g. `llmdock keys quota NAME --rpm 60 --tpm off`"
+        )
+    info = keystore().set_quota(name, changes)
+    if json_out:
+        print_json(info.as_dict())
+        return
+    limits = ", ".join(f"{n}={v}" for n, v in info.quota.as_dict().items() if v is not None)
+    err.print(f"key {name!r}: {limits or 'no limits'}")
+
+
 @keys_app.command("ls")
 def keys_ls(json_out: Json = False) -> None:
-    """List keys (names, prefixes, limits; never the keys)."""
+    """List keys: scope, limits and what each used (tokens today and this month, UTC); never the keys."""
     from rich.table import Table
 
     from llmdock.cli.render import out, print_json
 
-    keys = keystore().list_keys()
+    ks = keystore()
+    keys = ks.list_keys()
+    totals = ks.token_totals(time.time())
     if json_out:
-        print_json([vars(k) for k in keys])
+        print_json(
+            [
+                {
+                    **k.as_dict(),
+                    "tokens_today": totals.get(k.name, (0, 0))[0],
+                    "tokens_this_month": totals.get(k.name, (0, 0))[1],
+                }
+                for k in keys
+            ]
+        )
         return
     table = Table(box=None, header_style="bold")
-    for col in ("NAME", "PREFIX", "MODELS", "RPM", "ADMIN", "CREATED"):
+    for col in (
+        "NAME",
+        "PREFIX",
+        "MODELS",
+        "SCOPE",
+        "TOKENS TODAY",
+        "THIS MONTH",
+        "RPM",
+        "TPM",
+        "AT ONCE",
+        "CREATED",
+    ):
         table.add_column(col)
     for k in keys:
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(k.created_at))
+        today, month = totals.get(k.name, (0, 0))
+        q = k.quota
         table.add_row(
             k.name,
             k.prefix + "…",
             ",".join(k.models) or "all",
-            str(k.rpm or "-"),
-            "yes" if k.admin else "",
+            "admin" if k.admin else ",".join(k.scopes),
+            _used(today, q.tokens_per_day),
+            _used(month, q.tokens_per_month),
+            str(q.rpm or "-"),
+            str(q.tpm or "-"),
+            str(q.max_concurrent or "-"),
             created,
         )
     out.print(
@@ -185,6 +314,10 @@ def keys_ls(json_out: Json = False) -> None:
         if keys
         else "no keys (the gateway is open on loopback); create one with `llmdock keys create NAME`"
     )
+
+
+def _used(used: int, limit: int | None) -> str:
+    return f"{used:,}/{limit:,}" if limit is not None else f"{used:,}"
 
 
 @keys_app.command("revoke")

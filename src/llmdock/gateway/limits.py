@@ -21,7 +21,14 @@ limit                      default     what happens past it                     
 ``engine_header_bytes``    64 KiB      one engine response header line (and 128 of them)     502
 ``drain_s``                30 s        on SIGTERM, how long live streams may go on; then they
                                        end with an SSE error event                          —
+``replica_concurrency``    1,024       requests one replica takes at once, unless its engine
+                                       flags say (``--max-num-seqs``); beyond it they queue  —
+``queue_length``           1,024       requests queued per deployment beyond its bound      429
+``queue_wait_s``           30 s        longest wait in that queue                           429
 =========================  ==========  ===================================================  ======
+
+Per-key quotas (tokens per day and month, requests and tokens per minute, requests at once) are in
+:mod:`llmdock.gateway.quotas`; the congestion queue in :mod:`llmdock.gateway.congestion`.
 
 Back-pressure on every write: an answer is written only as fast as the client reads it (the server
 waits on the socket's buffer), and an engine's stream is read only as fast as it is forwarded, so a
@@ -54,6 +61,9 @@ class Limits:
     json_containers: int = 200_000
     engine_header_bytes: int = 64 * 1024
     drain_s: float = 30.0
+    replica_concurrency: int = 1024  # see congestion.py
+    queue_length: int = 1024
+    queue_wait_s: float = 30.0
 
 
 STRING_RE = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)

@@ -21,12 +21,14 @@ from typing import Any
 from urllib.parse import unquote
 
 from llmdock.gateway.asgi import Request, Response, Stream
+from llmdock.gateway.congestion import Gate
 from llmdock.gateway.engine import Broken, EngineClient, Reply, Silent, Unreachable, UpstreamError
 from llmdock.gateway.forwarding import ENGINE_ROUTES, MULTIPART, forward_target, multipart_model
 from llmdock.gateway.keys import Authenticator, KeyRecord
 from llmdock.gateway.keystore import Usage
 from llmdock.gateway.limits import Limits, json_shape_error
 from llmdock.gateway.metrics import Metrics
+from llmdock.gateway.quotas import Quotas
 from llmdock.gateway.routing import Replica, Route, RouteTable, pick
 from llmdock.gateway.sse import UsageMeter, has_usage_event, strip_usage_event, wants_usage
 from llmdock.gateway.wire import (
@@ -107,7 +109,10 @@ def model_object(r: Route) -> dict[str, Any]:
 
 
 def error_response(e: GatewayError) -> Response:
-    return Response(e.status, e.body())
+    """The envelope; a refusal that knows when to come back (quotas, congestion) says it in Retry-After."""
+    retry = getattr(e, "retry_after", None)
+    headers = [(b"retry-after", b"%d" % max(1, round(retry)))] if retry is not None else None
+    return Response(e.status, e.body(), headers=headers)
 
 
 def engine_error(route: Route, status: int, data: bytes) -> Response:
@@ -133,6 +138,7 @@ class Proxy:
         config: ProxyConfig,
         limits: Limits,
         hold: Hold | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.table = table
         self.auth = auth
@@ -142,13 +148,15 @@ class Proxy:
         self.config = config
         self.limits = limits
         self.hold = hold
+        self.quotas = quotas or Quotas()
+        self.gates: dict[str, Gate] = {}  # deployment name -> its concurrency bound and queue
         self.streams: set[Stream] = set()  # open streamed answers (shutdown ends them with an error event)
 
     async def handle(self, request: Request) -> Response | Stream:
         t0 = perf_counter()
         model, key = "-", "-"
         try:
-            record = self.auth.check(request.header("authorization"))
+            record = self.auth.api(request.header("authorization"))
             key = record.name
             path, query = forward_target(request.raw_path.decode("latin-1"), request.query_string)
             if path.startswith("/v1/models"):
@@ -251,6 +259,16 @@ class Proxy:
         t0: float,
     ) -> Response | Stream:
         route.last_used = time.monotonic()
+        self.quotas.admit(record.name, record.quota)
+        gate = self.gates.get(route.name)
+        if gate is None:
+            gate = self.gates[route.name] = Gate()
+        try:
+            limits = self.limits
+            await gate.enter(route.name, self.capacity(route), limits.queue_length, limits.queue_wait_s)
+        except BaseException:
+            self.quotas.done(record.name, 0)
+            raise
         route.outstanding += 1
         in_flight = self.metrics.in_flight
         in_flight[(route.name,)] += 1
@@ -291,11 +309,19 @@ class Proxy:
                 reply.close()  # back to the pool when read to its end; aborted (the engine stops) if not
                 replica.outstanding -= 1
         finally:
+            gate.leave(self.capacity(route))
+            self.quotas.done(record.name, meter.prompt_tokens + meter.completion_tokens)
             route.outstanding -= 1
             route.last_used = time.monotonic()
             in_flight[(route.name,)] -= 1
             if status:
                 self.record(route, record, status, t0, ttft, meter)
+
+    def capacity(self, route: Route) -> int:
+        """Requests ``route`` takes at once: its replicas' bound times those usable (at least one)."""
+        replicas = route.replicas
+        per = (replicas[0].target.concurrency if replicas else None) or self.limits.replica_concurrency
+        return per * max(1, sum(r.usable for r in replicas))
 
     def failure(self, route: Route, e: UpstreamError) -> GatewayError:
         if isinstance(e, Silent):

@@ -39,6 +39,7 @@ class Target:
     state: str = "running"
     exit_code: int | None = None
     started_at: str = ""  # a new start (a restart) means a new process: health is probed again
+    concurrency: int | None = None  # requests the engine runs at once, when its flags say (congestion.py)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
+from llmdock.gateway.congestion import engine_concurrency
 from llmdock.gateway.metrics import Metrics
 from llmdock.gateway.routing import STATIC_KEY, Policy, Replica, Route, RouteTable, Target, pick
 from llmdock.gateway.wire import NoReplica
@@ -131,6 +132,7 @@ class DockerSource:
                     state=d.state,
                     exit_code=d.exit_code,
                     started_at=d.started_at,
+                    concurrency=engine_concurrency(d.spec.get("extra_args") or ()),
                 )
             )
         return out
