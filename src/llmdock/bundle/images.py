@@ -104,7 +104,9 @@ class MemoryImages:
             yield data[i : i + 1000]
 
     def load(self, data: Iterable[bytes]) -> None:
-        self.loaded.append(b"".join(data))
+        blob = b"".join(data)
+        self.loaded.append(blob)
+        self.images[f"loaded-{len(self.loaded)}"] = blob
 
 
 def _tag(image: Any, name: str) -> str:
