@@ -58,11 +58,15 @@ def apply(
 
 
 def export(
+    ctx: typer.Context,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
     ] = None,
 ) -> None:
-    """Write today's deployments, policies and keys (names and limits, never secrets) as an llmdock.yaml."""
+    """Write today's deployments, policies and keys (names and limits, never secrets) as an llmdock.yaml;
+    `export k8s` renders Kubernetes manifests instead."""
+    if ctx.invoked_subcommand is not None:
+        return
     import yaml
 
     from llmdock.apply import current, export
@@ -97,5 +101,10 @@ def schema() -> None:
 
 def register(app: typer.Typer) -> None:
     app.command("apply")(apply)
-    app.command("export")(export)
+    from llmdock.cli.k8s import export_k8s
+
+    export_app = typer.Typer(invoke_without_command=True, rich_markup_mode=None)
+    export_app.callback()(export)
+    export_app.command("k8s")(export_k8s)
+    app.add_typer(export_app, name="export")
     app.command("schema")(schema)
