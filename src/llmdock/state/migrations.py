@@ -72,4 +72,24 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX usage_by_minute ON usage(minute);
         """,
     ),
+    (
+        4,
+        """
+        CREATE TABLE hosts (
+            name TEXT PRIMARY KEY,
+            url TEXT NOT NULL,
+            identity TEXT NOT NULL DEFAULT '',
+            docker_socket TEXT NOT NULL,
+            models_dir TEXT NOT NULL DEFAULT '',
+            probe_image TEXT NOT NULL DEFAULT '',
+            fingerprint TEXT NOT NULL DEFAULT '',
+            added_at REAL NOT NULL
+        );
+        CREATE TABLE host_facts (
+            name TEXT PRIMARY KEY,
+            facts TEXT NOT NULL,
+            read_at REAL NOT NULL
+        );
+        """,
+    ),
 ]
