@@ -36,6 +36,7 @@ def llmdock_wheel(dest: Path, given: Path | None = None) -> tuple[Path, str]:
         if not given.is_file() or not given.name.startswith("llmdock-") or given.suffix != ".whl":
             raise LlmdockError(f"{given} is not an llmdock wheel file (llmdock-*.whl)", WHEEL_HINT)
         return given, f"given ({given})"
+    dest.mkdir(parents=True, exist_ok=True)
     root = source_tree()
     if root is not None:
         return _build(root, dest), f"built from {root} with pip wheel --no-deps"
