@@ -7,9 +7,10 @@ nothing. Docker is the truth for what runs; the store keeps desired specs and hi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+import dataclasses
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmdock import hostinfo
 from llmdock.engines import get_engine
@@ -21,6 +22,8 @@ from llmdock.errors import (
     RuntimeUnavailable,
     SpecChanged,
 )
+from llmdock.hosts import LOCAL, member_key
+from llmdock.planning.container import ContainerConfig
 from llmdock.planning.inventory import Gpu, Holding, Inventory
 from llmdock.planning.plan import Plan, make_plan
 from llmdock.runtimes.base import Deployment, Runtime
@@ -29,6 +32,11 @@ from llmdock.settings import Settings
 from llmdock.spec import DeploymentSpec
 from llmdock.state import Store
 from llmdock.weights import PullOptions, Weights, fetch, locate, read_facts
+
+if TYPE_CHECKING:
+    from llmdock.hosts.facts import HostFacts
+    from llmdock.hosts.keys import EngineKeys
+    from llmdock.hosts.registry import HostRegistry
 
 __all__ = ["Lifecycle", "PullOptions", "UpResult"]
 
@@ -47,7 +55,8 @@ class UpResult:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.plan.port}/v1"
+        address = self.deployment.address if self.deployment is not None else "127.0.0.1"
+        return f"http://{address}:{self.plan.port}/v1"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +129,76 @@ class Lifecycle:
             self.runtime = runtime
         self.store = store
         self.pull = pull or PullOptions()
+        self._hosts: HostRegistry | None = None
+
+    # ---- hosts -----------------------------------------------------------------------------------
+    @property
+    def hosts(self) -> HostRegistry:
+        """The registered hosts (`llmdock hosts ls`)."""
+        if self._hosts is None:
+            from llmdock.hosts.registry import HostRegistry, hosts_dir
+
+            self._hosts = HostRegistry(self.store, hosts_dir(self.settings))
+        return self._hosts
+
+    @property
+    def keys(self) -> EngineKeys:
+        from llmdock.hosts.keys import EngineKeys
+
+        return EngineKeys(self.settings.home / "engine-keys")
+
+    def remote_hosts(self) -> list[str]:
+        """Hosts other than this one that this lifecycle has a runtime for, in order."""
+        return [k.partition("@")[2] for k in self.runtimes.kinds if "@" in k]
+
+    def host_facts(self, host: str, *, max_age: float | None = None) -> HostFacts:
+        """``host``'s GPUs, ports, RAM and disk, from the cache when younger than ``max_age`` (default
+        the registry's TTL), else read through its Docker (and cached)."""
+        registry = self.hosts
+        cached = registry.cached_facts(host) if max_age is None else registry.cached_facts(host, max_age)
+        if cached is not None:
+            return cached
+        facts = self._read_facts(host)
+        registry.save_facts(host, facts)
+        return facts
+
+    def _read_facts(self, host: str) -> HostFacts:
+        """Read ``host``'s facts now (no database access: safe in a worker thread)."""
+        from llmdock.hosts.remote import RemoteRuntime
+
+        rt = self.runtimes.named(member_key("docker", host))
+        if not isinstance(rt, RemoteRuntime):
+            raise RuntimeUnavailable(f"host {host} is not reached over SSH here", "see `llmdock hosts ls`")
+        image = rt.host.probe_image or self.settings.image("vllm")
+        return rt.facts(image, rt.host.models_dir or str(self.settings.models_dir))
+
+    def prefetch_facts(self, hosts: list[str]) -> dict[str, HostFacts | RuntimeUnavailable]:
+        """Facts of every host in ``hosts`` at once (fresh ones read concurrently); an unreachable host
+        maps to its error, read within the ssh connect timeout, never holding up the others."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        found: dict[str, HostFacts | RuntimeUnavailable] = {}
+        stale = []
+        for host in hosts:
+            cached = self.hosts.cached_facts(host)
+            if cached is not None:
+                found[host] = cached
+            else:
+                stale.append(host)
+
+        def read(host: str) -> HostFacts | RuntimeUnavailable:
+            try:
+                return self._read_facts(host)
+            except RuntimeUnavailable as e:
+                return e
+
+        if stale:
+            with ThreadPoolExecutor(len(stale), thread_name_prefix="llmdock-facts") as pool:
+                for host, facts in zip(stale, pool.map(read, stale), strict=True):
+                    found[host] = facts
+                    if not isinstance(facts, RuntimeUnavailable):
+                        self.hosts.save_facts(host, facts)
+        return found
 
     @property
     def notes(self) -> list[str]:
@@ -147,15 +226,31 @@ class Lifecycle:
         assume_gpus: tuple[Gpu, ...] = (),
         runtime: str = "docker",
         planned: tuple[Holding, ...] = (),
+        host: str = LOCAL,
+        deployments: list[Deployment] | None = None,
     ) -> Inventory:
-        """This host as the planner sees it; ``assume_gpus`` replaces the real GPUs (what-if plans).
-        Deployments of every reachable runtime hold their ports and GPUs, and so do ``planned`` ones
-        (the replicas before this one, in a dry run); ``runtime`` says whose GPU access counts."""
-        deployments = self.runtimes.deployments()
+        """``host`` as the planner sees it; ``assume_gpus`` replaces the real GPUs (what-if plans).
+        Deployments of every reachable runtime there hold their ports and GPUs, and so do ``planned``
+        ones (the replicas before this one, in a dry run); ``runtime`` says whose GPU access counts.
+        Another host's facts are read through its Docker (:meth:`host_facts`)."""
+        listed = self.runtimes.deployments() if deployments is None else deployments
         holdings = planned + tuple(
             Holding(d.name, d.port, d.gpus if d.state in ("running", "restarting", "created") else ())
-            for d in deployments
+            for d in listed
+            if d.host == host
         )
+        if host != LOCAL:
+            facts = self.host_facts(host)
+            return Inventory(
+                gpus=assume_gpus or facts.gpus,
+                listening_ports=facts.listening_ports - ({exclude_port} if exclude_port else set()),
+                ephemeral_ports=facts.ephemeral_ports,
+                holdings=holdings,
+                gpu_runtime=bool(assume_gpus) or facts.gpu_runtime,
+                memory_total_bytes=facts.memory_total_bytes,
+                memory_available_bytes=facts.memory_available_bytes,
+                cpus=facts.cpus,
+            )
         listening = hostinfo.listening_ports() - ({exclude_port} if exclude_port else set())
         total, available = hostinfo.memory()
         return Inventory(
@@ -179,12 +274,12 @@ class Lifecycle:
             return True
 
     def engine_version(
-        self, image: str, engine_name: str, runtime: str = "docker", *, probe: bool = True
+        self, image: str, engine_name: str, runtime: str = "docker", *, probe: bool = True, host: str = LOCAL
     ) -> tuple[str | None, bool]:
-        """(version or None, image present). Probed once per image ID (a throwaway container), then
-        cached in the store; ``probe=False`` (a dry run creates nothing) reads the cache only.
-        For the local runtime ``image`` is the engine environment."""
-        rt = self.runtimes.named(runtime)
+        """(version or None, image present on ``host``). Probed once per image ID (a throwaway
+        container), then cached in the store; ``probe=False`` (a dry run creates nothing) reads the
+        cache only. For the local runtime ``image`` is the engine environment."""
+        rt = self.runtimes.named(member_key(runtime, host))
         image_id = rt.image_id(image)
         if image_id is None:
             return None, False
@@ -208,8 +303,10 @@ class Lifecycle:
         weights: Weights | None = None,
         planned: tuple[Holding, ...] = (),
     ) -> Plan:
-        """The plan ``up`` carries out. Never downloads. Not strict (a dry run): reports problems
-        instead of raising, and creates nothing (no engine-version probe either)."""
+        """The plan ``up`` carries out, on the host ``--host`` names or, where hosts are registered
+        and none is named, on the one placement picks (:func:`llmdock.planning.hosts.choose_host`).
+        Never downloads. Not strict (a dry run): reports problems instead of raising, and creates
+        nothing (no engine-version probe either)."""
         problems: list[str] = []
         if weights is None:
             try:
@@ -219,11 +316,84 @@ class Lifecycle:
                     raise
                 problems.append(f"{e.message} ({e.hint})")
                 weights = Weights(None, None)
-        spec = self.resolve(spec)
+        kwargs: dict[str, Any] = dict(exclude_port=exclude_port, assume_gpus=assume_gpus, planned=planned)
+        remote = self.remote_hosts()
+        if spec.host is not None and spec.host != LOCAL and spec.host not in remote:
+            self.hosts.get(spec.host)  # NotFound, naming the known hosts
+        if spec.host is not None or not remote or spec.runtime != "docker":
+            plan = self._plan_on(spec, spec.host or LOCAL, weights, strict=strict, **kwargs)
+        else:
+            plan = self._place(spec, [LOCAL, *remote], weights, strict=strict, **kwargs)
+        return replace(plan, problems=tuple(problems) + plan.problems, blocking=tuple(problems) + plan.blocking)
+
+    def _place(
+        self, spec: DeploymentSpec, hosts: list[str], weights: Weights, *, strict: bool, **kwargs: Any
+    ) -> Plan:
+        """Plan on every host that answers, choose one, and plan there for real (strict or not)."""
+        from llmdock.planning.hosts import HostOption, choose_host
+
+        facts = self.prefetch_facts([h for h in hosts if h != LOCAL])
+        deployments = self.runtimes.deployments()
+        options, notes = [], []
+        for host in hosts:
+            found = facts.get(host)
+            if isinstance(found, RuntimeUnavailable):
+                notes.append(f"host {host} left out: {found.message}")
+                continue
+            try:
+                plan = self._plan_on(spec, host, weights, strict=False, deployments=deployments, **kwargs)
+            except RuntimeUnavailable as e:
+                notes.append(f"host {host} left out: {e.message}")
+                continue
+            inv = self.inventory(host=host, deployments=deployments, runtime=spec.runtime)
+            held = {i for h in inv.holdings for i in h.gpus}
+            free = (
+                sum(g.free_bytes for g in inv.gpus if g.index not in held)
+                if plan.gpus
+                else inv.memory_available_bytes
+            )
+            options.append(HostOption(host, plan, free))
+        chosen, why = choose_host(options, spec.placement)
+        notes += why
+        target = chosen.host if chosen is not None else LOCAL
+        try:
+            plan = self._plan_on(spec, target, weights, strict=strict, deployments=deployments, **kwargs)
+        except LlmdockError as e:
+            if notes:  # no host can take it: say what each said
+                e.message = f"{e.message}; no other host can take it either ({'; '.join(notes)})"
+                e.args = (e.message,)
+            raise
+        return replace(plan, notes=plan.notes + tuple(notes))
+
+    def _on(self, spec: DeploymentSpec, host: str) -> DeploymentSpec:
+        """``spec`` as it runs on ``host``: on another host the engine listens on that host's network
+        (the gateway reaches it there, with a key: :mod:`llmdock.hosts.keys`)."""
+        if host == LOCAL:
+            return spec
+        if spec.runtime != "docker":
+            raise InvalidSpec(
+                f"--runtime {spec.runtime} runs on this host only", f"drop --host {host}, or use --runtime docker"
+            )
+        return dataclasses.replace(spec, expose=True)
+
+    def _plan_on(
+        self,
+        spec: DeploymentSpec,
+        host: str,
+        weights: Weights,
+        *,
+        strict: bool,
+        exclude_port: int | None = None,
+        assume_gpus: tuple[Gpu, ...] = (),
+        planned: tuple[Holding, ...] = (),
+        deployments: list[Deployment] | None = None,
+    ) -> Plan:
+        """The plan of ``spec`` on ``host``."""
+        spec = self._on(self.resolve(spec), host)
         image = spec.engine_env if spec.runtime == "local" and spec.engine_env else spec.image or ""
         notes = [weights.note] if weights.note else []
         try:
-            version, present = self.engine_version(image, spec.engine, spec.runtime, probe=strict)
+            version, present = self.engine_version(image, spec.engine, spec.runtime, probe=strict, host=host)
         except RuntimeUnavailable as e:
             if strict:
                 raise
@@ -236,7 +406,12 @@ class Lifecycle:
         plan = make_plan(
             spec,
             self.inventory(
-                exclude_port=exclude_port, assume_gpus=assume_gpus, runtime=spec.runtime, planned=planned
+                exclude_port=exclude_port,
+                assume_gpus=assume_gpus,
+                runtime=spec.runtime,
+                planned=planned,
+                host=host,
+                deployments=deployments,
             ),
             model_dir=str(weights.path or spec.model),
             image=image,
@@ -246,12 +421,7 @@ class Lifecycle:
             strict=strict,
             facts=weights.facts,
         )
-        return replace(
-            plan,
-            problems=tuple(problems) + plan.problems,
-            blocking=tuple(problems) + plan.blocking,
-            notes=plan.notes + tuple(notes),
-        )
+        return replace(plan, notes=plan.notes + tuple(notes), host=host)
 
     # ---- up ----------------------------------------------------------------------------------------
     def up(
@@ -277,8 +447,9 @@ class Lifecycle:
         existing = self.runtimes.get(spec.name)
         exclude = existing.port if existing is not None and replace else None
         if existing is not None and not replace:
-            if existing.spec_hash != self.resolve(spec).hash():
-                raise SpecChanged(spec.name, spec_diff(existing.spec, self.resolve(spec).public_dict()))
+            wanted = self._on(self.resolve(spec), existing.host)
+            if existing.spec_hash != wanted.hash():
+                raise SpecChanged(spec.name, spec_diff(existing.spec, wanted.public_dict()))
             self._adopt(existing)
             action = "unchanged"
             if not existing.running:
@@ -286,7 +457,7 @@ class Lifecycle:
                 self.runtimes.start(spec.name)
                 self.store.record(spec.name, "started")
                 action = "started"
-            plan = self.plan(spec, strict=False, exclude_port=existing.port)
+            plan = self._plan_existing(spec, existing)
             return self._finish(UpResult(plan, action, existing), wait, timeout, on_phase)
         # Every check runs before anything is fetched or created; a hub model is planned from the
         # hub's config.json, pulled, then planned again from the weights on disk.
@@ -304,10 +475,42 @@ class Lifecycle:
             action = "replaced"
         if on_phase is not None:
             on_phase("creating the container" if spec.runtime == "docker" else "starting the engine process")
-        dep = self.runtimes.named(spec.runtime).create(plan.container)
+        dep = self.runtimes.named(member_key(spec.runtime, plan.host)).create(self._keyed(plan))
         self.store.save_deployment(spec.name, plan.spec.to_dict(), plan.spec_hash, runtime=spec.runtime)
         self.store.record(spec.name, "created", plan.spec_hash)
         return self._finish(UpResult(plan, action, dep), wait, timeout, on_phase)
+
+    def _plan_existing(self, spec: DeploymentSpec, existing: Deployment) -> Plan:
+        """What ``existing`` was planned as, on the host it runs on (for ``up`` of an unchanged spec)."""
+        try:
+            weights = locate(spec.model, self.settings.models_dir, self.pull)
+        except LlmdockError:
+            weights = Weights(None, None)
+        return self._plan_on(spec, existing.host, weights, strict=False, exclude_port=existing.port)
+
+    def _keyed(self, plan: Plan) -> ContainerConfig:
+        """The container to create: on another host, with the engine's secret API key when the
+        engine takes one (:mod:`llmdock.hosts.keys`; the plan itself never holds the key)."""
+        variable = get_engine(plan.spec.engine).api_key_env
+        if plan.host == LOCAL or variable is None:
+            self.keys.remove(plan.spec.name)
+            return plan.container
+        key = self.keys.issue(plan.spec.name)
+        return dataclasses.replace(plan.container, env={**plan.container.env, variable: key})
+
+    def engine_auth(self, dep: Deployment) -> str:
+        """What protects ``dep``'s engine from callers other than the gateway, in words (no key)."""
+        if dep.host == LOCAL:
+            return "listens on this host" + (" only (loopback)" if not dep.spec.get("expose") else "'s every interface")
+        if self.keys.read(dep.name) is not None:
+            return (
+                f"key-protected: the engine on {dep.host} checks an API key that only the gateway holds "
+                f"({self.keys.path(dep.name)}, 0600)"
+            )
+        return (
+            f"not key-protected: the {dep.engine} engine takes no API key, so anyone who reaches "
+            f"{dep.address}:{dep.port} can call it; keep that port firewalled to this host"
+        )
 
     def _finish(
         self, result: UpResult, wait: bool, timeout: float, on_phase: Callable[[str], None] | None
@@ -317,10 +520,17 @@ class Lifecycle:
         from llmdock.readiness import wait_ready
 
         name = result.plan.spec.name
-        rt = self.runtimes.named(result.plan.spec.runtime)
+        rt = self.runtimes.named(member_key(result.plan.spec.runtime, result.plan.host))
+        address = result.deployment.address if result.deployment is not None else "127.0.0.1"
         try:
             result.ready_after_s = wait_ready(
-                rt, name, get_engine(result.plan.spec.engine), timeout=timeout, on_phase=on_phase
+                rt,
+                name,
+                get_engine(result.plan.spec.engine),
+                timeout=timeout,
+                on_phase=on_phase,
+                address=address,
+                api_key=self.keys.read(name) if result.plan.host != LOCAL else None,
             )
         except EngineFailed as e:
             # Stop the restart policy from looping on a deterministic failure; keep the logs for the user.
@@ -328,7 +538,7 @@ class Lifecycle:
             self.store.record(name, "failed", e.message)
             raise
         self.store.record(name, "ready", f"{result.ready_after_s:.2f}s")
-        result.deployment = rt.get(name)
+        result.deployment = rt.get(name) or result.deployment
         return result
 
     def _adopt(self, dep: Deployment) -> None:
@@ -341,7 +551,7 @@ class Lifecycle:
         if dep.spec.get("share_gpus"):
             return
         for other in self.runtimes.deployments():
-            clash = set(other.gpus) & set(dep.gpus)
+            clash = set(other.gpus) & set(dep.gpus) if other.host == dep.host else set()
             if other.name != dep.name and other.running and clash:
                 raise GpuUnavailable(
                     f"GPU {', '.join(map(str, sorted(clash)))} of {dep.name!r} is now held by {other.name!r}",
@@ -441,8 +651,16 @@ class Lifecycle:
             return None
         from llmdock.readiness import wait_ready
 
-        rt = self.runtimes.named(dep.runtime)
-        return wait_ready(rt, dep.name, get_engine(dep.engine), timeout=timeout, on_phase=on_phase)
+        rt = self.runtimes.named(dep.member)
+        return wait_ready(
+            rt,
+            dep.name,
+            get_engine(dep.engine),
+            timeout=timeout,
+            on_phase=on_phase,
+            address=dep.address,
+            api_key=self.keys.read(dep.name) if dep.host != LOCAL else None,
+        )
 
     def rm(self, name: str, *, force: bool = False) -> None:
         deps = [self.get(member) for member in self.names(name)]
@@ -453,6 +671,7 @@ class Lifecycle:
             )
         for dep in deps:
             self.runtimes.remove(dep.name, force=True)
+            self.keys.remove(dep.name)
             self.store.delete_deployment(dep.name)
             self.store.record(dep.name, "removed")
 
@@ -461,6 +680,7 @@ class Lifecycle:
         stored = self.store.deployment(name)
         return {
             "deployment": {k: v for k, v in vars(dep).items() if k != "spec"},
+            "engine_auth": self.engine_auth(dep),
             "spec": dep.spec or (stored or {}).get("spec", {}),
             "in_store": stored is not None,
             "events": [

@@ -74,16 +74,27 @@ def phases_seen(lines: list[str], engine: Engine) -> list[str]:
     return list(seen)
 
 
-def probe(port: int, health_path: str, served_name: str | None, timeout: float = 2.0) -> bool:
-    """Health answers 200 and ``/v1/models`` lists ``served_name`` (None: health alone decides)."""
-    base = f"http://127.0.0.1:{port}"
+def probe(
+    port: int,
+    health_path: str,
+    served_name: str | None,
+    timeout: float = 2.0,
+    *,
+    address: str = "127.0.0.1",
+    api_key: str | None = None,
+) -> bool:
+    """Health answers 200 and ``/v1/models`` lists ``served_name`` (None: health alone decides).
+    ``address``: the engine's host; ``api_key``: the key it checks on ``/v1`` (an engine on another host)."""
+    base = f"http://{address}:{port}"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         with _DIRECT.open(base + health_path, timeout=timeout) as r:
             if r.status != 200:
                 return False
         if served_name is None:
             return True
-        with _DIRECT.open(base + "/v1/models", timeout=timeout) as r:
+        models = urllib.request.Request(base + "/v1/models", headers=headers)
+        with _DIRECT.open(models, timeout=timeout) as r:
             ids = [m.get("id") for m in json.loads(r.read()).get("data", [])]
     except (OSError, urllib.error.URLError, ValueError):
         return False
@@ -98,8 +109,11 @@ def wait_ready(
     timeout: float,
     on_phase: Callable[[str], None] | None = None,
     tail: Callable[[str, int], list[str]] | None = None,
+    address: str = "127.0.0.1",
+    api_key: str | None = None,
 ) -> float:
-    """Block until ``name`` is ready; return seconds waited. Raise EngineFailed / ReadinessTimeout."""
+    """Block until ``name`` is ready; return seconds waited. Raise EngineFailed / ReadinessTimeout.
+    ``address`` and ``api_key``: where the engine listens and the key it checks (another host's)."""
     start = time.monotonic()
     restarts: int | None = None  # a restart count carried over from before this wait is history, not a crash
     deadline = start + timeout
@@ -126,7 +140,10 @@ def wait_ready(
         if dep.state in ("exited", "dead", "restarting") or dep.restart_count > restarts:
             raise failed(dep, read_tail(name, DIAGNOSE_TAIL), engine)
         listed = dep.served_name if engine.lists_local_models else None
-        if dep.port is not None and probe(dep.port, dep.health_path, listed, engine.health_timeout_s):
+        ready = dep.port is not None and probe(
+            dep.port, dep.health_path, listed, engine.health_timeout_s, address=address, api_key=api_key
+        )
+        if ready:
             took = time.monotonic() - start
             report_phases()  # the ones since the last poll ("serving", at least) are told too
             return took

@@ -135,6 +135,15 @@ def _check_runtime(runtime: str, engine_env: str | None, image: str | None, netw
         raise InvalidSpec("the engine environment name is empty", "give --env NAME (see `llmdock env ls`)")
 
 
+def _check_host(host: str | None) -> str | None:
+    if host is None or host == "local":
+        return host
+    from llmdock.hosts import check_name
+
+    check_name(host)
+    return host
+
+
 @dataclass(frozen=True)
 class DeploymentSpec:
     """A validated deployment request. Build it with :meth:`create`, which checks every field."""
@@ -164,6 +173,7 @@ class DeploymentSpec:
     extra_args: list[str] = field(default_factory=list)
     runtime: str = "docker"  # docker | local (a detached process in an engine environment)
     engine_env: str | None = None  # local runtime: the environment (`llmdock env ls`) to run the engine in
+    host: str | None = None  # the Docker host to run on (`--host`; None: placement picks, `local` is this one)
 
     @classmethod
     def create(
@@ -193,6 +203,7 @@ class DeploymentSpec:
         extra_args: list[str] | None = None,
         runtime: str = "docker",
         engine_env: str | None = None,
+        host: str | None = None,
     ) -> DeploymentSpec:
         if engine not in ENGINES:
             raise InvalidSpec(f"unknown engine {engine!r}", "choose --engine " + "|".join(ENGINES))
@@ -265,6 +276,7 @@ class DeploymentSpec:
             extra_args=list(extra_args or []),
             runtime=runtime,
             engine_env=engine_env,
+            host=_check_host(host),
         )
 
     def with_image(self, image: str) -> DeploymentSpec:
@@ -306,6 +318,7 @@ class DeploymentSpec:
             ("group", None),
             ("kv_cache_space", None),
             ("cpus", None),
+            ("host", None),
         ):
             if data.get(key) == default:
                 data.pop(key, None)

@@ -104,6 +104,8 @@ class Engine:
     # Whether /v1/models lists a model served from a local path; where it does not, /health alone
     # (answered only once the model is loaded) says ready.
     lists_local_models: bool = True
+    # The variable the engine reads its API key from (vLLM: the same as `--api-key`); None: it takes none.
+    api_key_env: str | None = None
     phases: tuple[Phase, ...] = ()
     failures: tuple[Failure, ...] = ()
     # Flags llmdock renders from its own options; repeating one after `--` would silently override

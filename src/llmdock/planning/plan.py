@@ -58,6 +58,8 @@ class Plan:
     fit: Fit | None = None
     cpu_fit: CpuFit | None = None  # an engine on its CPU backend (vLLM --gpus none): host RAM
     stand_in_gpus: bool = False  # no GPU was visible: the indices only show the shape of the command
+    problem_kinds: tuple[str, ...] = field(default=())  # the error class of each problem (ImageMissing…)
+    host: str = "local"  # the Docker host it is planned on (`llmdock hosts ls`)
 
     @property
     def device(self) -> str:
@@ -79,6 +81,7 @@ class Plan:
             "notes": list(self.notes),
             "blocking": list(self.blocking),
             "device": self.device,
+            "host": self.host,
             "fit": self.fit.to_dict() if self.fit else self.cpu_fit.to_dict() if self.cpu_fit else None,
         }
 
@@ -108,11 +111,13 @@ def make_plan(
     blocking: list[str] = []  # problems of the request itself, not of this host's current state
 
     errors: list[LlmdockError] = []
+    kinds: list[str] = []
 
     def check(err: LlmdockError) -> None:
         # Planning goes on with stand-in values either way; a strict plan raises at the end, a problem
         # of the request itself before one of this host's state (a bad --tp says more than a missing image).
         errors.append(err)
+        kinds.append(type(err).__name__)
         problems.append(f"{err.message} ({err.hint})" if err.hint else err.message)
         if not isinstance(err, HOST_STATE):
             blocking.append(problems[-1])
@@ -295,6 +300,7 @@ def make_plan(
         fit=fitted,
         cpu_fit=cpu_fit,
         stand_in_gpus=bool(gpus) and not inv.gpus,
+        problem_kinds=tuple(kinds),
     )
 
 

@@ -36,6 +36,13 @@ class Deployment:
     spec: dict[str, Any] = field(default_factory=dict)
     runtime: str = "docker"  # docker | local
     error: str = ""  # why it is not running when llmdock did not stop it (local runtime)
+    host: str = "local"  # the Docker host it runs on (`llmdock hosts ls`)
+    address: str = "127.0.0.1"  # where its engine is reached from here
+
+    @property
+    def member(self) -> str:
+        """Its :class:`~llmdock.runtimes.multi.Runtimes` member: ``docker``, ``local``, ``docker@gpu1``."""
+        return self.runtime if self.host == "local" else f"{self.runtime}@{self.host}"
 
     @property
     def running(self) -> bool:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import cast
+from typing import TypeVar, cast
 
 from llmdock.errors import InvalidSpec, NotFound, RuntimeUnavailable
+from llmdock.hosts import split_member
 from llmdock.planning.container import LABEL, ContainerConfig
 from llmdock.runtimes.base import Deployment, Runtime
 from llmdock.settings import Settings
@@ -26,6 +28,7 @@ from llmdock.settings import Settings
 Factory = Callable[[], Runtime]
 RETRY_S = 5.0  # a member that could not be reached is tried again after this long (long-lived callers)
 Member = Runtime | Factory
+T = TypeVar("T")
 
 
 class Runtimes:
@@ -63,34 +66,58 @@ class Runtimes:
         self._ready[kind] = rt
         return rt
 
-    def _reachable(self) -> Iterator[tuple[str, Runtime]]:
-        for kind in self._members:
+    def _note(self, kind: str, e: RuntimeUnavailable) -> None:
+        _, host = split_member(kind)
+        where = f"{kind} deployments" if host == "local" else f"deployments on host {host}"
+        note = f"{where} not listed: {e.message}"
+        if note not in self.notes:
+            self.notes.append(note)
+
+    def _each(self, fn: Callable[[Runtime], T]) -> list[tuple[str, T]]:
+        """``fn`` on every reachable member, all at once (a slow or dead host never holds up the
+        others); a member that cannot be reached or fails with RuntimeUnavailable is noted and left out."""
+
+        def call(kind: str) -> tuple[str, T | RuntimeUnavailable]:
             try:
-                yield kind, self.named(kind)
+                return kind, fn(self.named(kind))
             except RuntimeUnavailable as e:
-                note = f"{kind} deployments not listed: {e.message}"
-                if note not in self.notes:
-                    self.notes.append(note)
+                return kind, e
+
+        kinds = list(self._members)
+        if len(kinds) <= 2:  # this host's runtimes only: no threads needed
+            results = [call(k) for k in kinds]
+        else:
+            with ThreadPoolExecutor(len(kinds), thread_name_prefix="llmdock-host") as pool:
+                results = list(pool.map(call, kinds))
+        done: list[tuple[str, T]] = []
+        for kind, result in results:
+            if isinstance(result, RuntimeUnavailable):
+                self._errors.setdefault(kind, result)
+                self._failed_at.setdefault(kind, time.monotonic())
+                self._note(kind, result)
+            else:
+                self._errors.pop(kind, None)
+                done.append((kind, result))
+        return done
+
+    @staticmethod
+    def _placed(kind: str, d: Deployment) -> Deployment:
+        runtime, host = split_member(kind)
+        return replace(d, runtime=runtime, host=host)
 
     def deployments(self) -> list[Deployment]:
         """Every reachable member's deployments; one that fails while listing (dockerd died after we
-        connected) is skipped with a note, so the others are still listed."""
+        connected, a host went away) is skipped with a note, so the others are still listed."""
         found: list[Deployment] = []
-        for kind, rt in self._reachable():
-            try:
-                found += [replace(d, runtime=kind) for d in rt.deployments()]
-            except RuntimeUnavailable as e:
-                note = f"{kind} deployments not listed: {e.message}"
-                if note not in self.notes:
-                    self.notes.append(note)
-        return sorted(found, key=lambda d: d.name)
+        for kind, deps in self._each(lambda rt: rt.deployments()):
+            found += [self._placed(kind, d) for d in deps]
+        return sorted(found, key=lambda d: (d.name, d.host))
 
     def get(self, name: str) -> Deployment | None:
         """The deployment ``name`` in any reachable member; None when none holds it."""
-        for kind, rt in self._reachable():
-            dep = rt.get(name)
+        for kind, dep in self._each(lambda rt: rt.get(name)):
             if dep is not None:
-                return replace(dep, runtime=kind)
+                return self._placed(kind, dep)
         return None
 
     def find(self, name: str) -> tuple[Runtime, Deployment]:
@@ -98,7 +125,7 @@ class Runtimes:
         could not be reached, that member's error is raised: the deployment may well live there."""
         dep = self.get(name)
         if dep is not None:
-            return self.named(dep.runtime), dep
+            return self.named(dep.member), dep
         if self._errors:
             raise next(iter(self._errors.values()))
         raise NotFound(f"no deployment named {name!r}", "list deployments with `llmdock ps`")
@@ -132,12 +159,16 @@ class Runtimes:
 
 def default_members(s: Settings) -> dict[str, Member]:
     """Both runtimes, local first: Docker is connected only when a command reaches it, so local
-    deployments can be managed with dockerd stopped."""
+    deployments can be managed with dockerd stopped; then Docker on each host of `llmdock hosts ls`
+    (``docker@NAME``), each reached over SSH only when a command asks it."""
     from llmdock.envs import Envs
     from llmdock.runtimes.docker import DockerRuntime
     from llmdock.runtimes.local import LocalRuntime
 
+    from llmdock.hosts.registry import registered_members
+
     return {
         "local": LocalRuntime(s.local_dir, Envs(s.envs_dir)),
         "docker": lambda: DockerRuntime.connect(s.docker_host),
+        **registered_members(s),
     }
