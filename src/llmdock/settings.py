@@ -50,6 +50,12 @@ KEYS: dict[str, Key] = {
         ),
         Key("port_range", "LLMDOCK_PORT_RANGE", "8001-8999", "ports that --port auto picks from"),
         Key(
+            "pull_connections",
+            "LLMDOCK_PULL_CONNECTIONS",
+            "16",
+            "HTTP connections a pull uses at once, across files and byte ranges of one file (1-64)",
+        ),
+        Key(
             "docker_host", "LLMDOCK_DOCKER_HOST", "", "Docker daemon URL (default: DOCKER_HOST or the socket)"
         ),
         Key(
@@ -148,7 +154,22 @@ def validate(key: str, value: str) -> str:
         raise ConfigError(f"unknown setting {key!r}", "known settings: " + ", ".join(KEYS))
     if key == "port_range":
         parse_port_range(value)
+    if key == "pull_connections":
+        parse_connections(value)
     return value.strip()
+
+
+def parse_connections(text: str) -> int:
+    try:
+        n = int(text.strip())
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise ConfigError(
+            f"pull_connections {text!r} is not a whole number from 1 to 64",
+            "set LLMDOCK_PULL_CONNECTIONS (or `llmdock config set pull_connections N`) to e.g. 16",
+        )
+    return n
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
@@ -241,6 +262,10 @@ class Settings:
     @property
     def port_range(self) -> tuple[int, int]:
         return parse_port_range(self.values["port_range"])
+
+    @property
+    def pull_connections(self) -> int:
+        return parse_connections(self.values["pull_connections"])
 
     @property
     def docker_host(self) -> str | None:

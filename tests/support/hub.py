@@ -17,6 +17,11 @@ Hugging Face (``huggingface_hub``)::
     GET  /api/models/{org}/{name}/tree/{rev}[/{path}]     tree: path, size, oid, lfs{oid,size}
     GET  /{org}/{name}/resolve/{rev}/{path}               file bytes, X-Repo-Commit, ETag, X-Linked-* (HEAD too)
 
+File bodies (both APIs) honour ``Range: bytes=A-B`` with 206 and ``Content-Range`` as CDNs do; with
+``faults.redirect`` a file GET answers 302 to ``/cdn/{org}/{name}/{path}?sig=…`` first, and
+``faults.rate_per_connection`` paces each body. ``hub.log`` records every request, with the byte
+range asked and the body bytes sent.
+
 Example::
 
     with LocalHub() as hub:
@@ -76,6 +81,8 @@ class Faults:
     corrupt: set[str] = field(default_factory=set)  # flip one byte in the middle of the body
     delay_s: float = 0.0  # sleep per 64 KiB chunk of file bodies (slow hub)
     ignore_range: bool = False  # answer 200 with the whole file even when a Range is asked
+    rate_per_connection: float = 0.0  # bytes/s cap on each response body, as CDNs apply (0: none)
+    redirect: bool = False  # file GETs answer 302 to a signed /cdn/ URL (as HF and ModelScope do)
 
 
 @dataclass
@@ -84,18 +91,22 @@ class Request:
     path: str
     file: str | None = None
     range_start: int | None = None
+    range_end: int | None = None  # exclusive
+    sent: int = 0  # body bytes actually sent (less than asked when the response was dropped)
 
 
 class LocalHub:
     """A threaded loopback HTTP server; start it with ``with LocalHub() as hub``."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.repos: dict[str, dict[str, HubFile]] = {}
         self.faults = Faults()
         self.log: list[Request] = []
         self._drops_done: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _handler_for(self))
+        self.active = 0  # file bodies being sent right now
+        self.max_active = 0  # the most at once since the hub started (or a test reset it)
+        self._server = _Server((host, port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="local-hub", daemon=True)
 
@@ -132,6 +143,10 @@ class LocalHub:
         with self._lock:
             return [r for r in self.log if r.file == path and r.method == "GET"]
 
+    def bytes_sent(self, path: str) -> int:
+        """Body bytes of ``path`` this hub has sent so far, over all requests."""
+        return sum(r.sent for r in self.file_requests(path))
+
     def take_drop(self, path: str) -> int | None:
         """The byte count after which this response must drop, if a drop is still due."""
         with self._lock:
@@ -143,9 +158,15 @@ class LocalHub:
             self._drops_done[path] = done + 1
             return self.faults.drop_after[path]
 
-    def record(self, request: Request) -> None:
+    def sending(self, delta: int) -> None:
+        with self._lock:
+            self.active += delta
+            self.max_active = max(self.max_active, self.active)
+
+    def record(self, request: Request) -> Request:
         with self._lock:
             self.log.append(request)
+        return request
 
 
 class _Server(ThreadingHTTPServer):
@@ -189,6 +210,7 @@ _MS_REPO = re.compile(r"^/api/v1/models/([^/]+)/([^/]+)(/revisions|/repo/files|/
 _HF_INFO = re.compile(r"^/api/models/([^/]+)/([^/]+)(?:/revision/([^/]+))?$")
 _HF_TREE = re.compile(r"^/api/models/([^/]+)/([^/]+)/tree/([^/]+)(?:/(.*))?$")
 _HF_FILE = re.compile(r"^/([^/]+)/([^/]+)/resolve/([^/]+)/(.+)$")
+_CDN_FILE = re.compile(r"^/cdn/([^/]+)/([^/]+)/(.+)$")
 
 
 def _handler_for(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
@@ -207,7 +229,12 @@ def _handler_for(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
         def _route(self, head: bool) -> None:
             url = urlsplit(self.path)
             path, query = unquote(url.path), {k: v[0] for k, v in parse_qs(url.query).items()}
-            hub.record(Request(self.command, path))
+            self.entry = hub.record(Request(self.command, path))
+            if m := _CDN_FILE.match(path):
+                entry = hub.repos.get(f"{m[1]}/{m[2]}", {}).get(m[3])
+                if entry is None or query.get("sig") != "ok":
+                    return self._json(403, {"error": "signature does not match"})
+                return self._file(entry, head, hf=True, cdn=True)
             if m := _MS_REPO.match(path):
                 return self._modelscope(f"{m[1]}/{m[2]}", m[3] or "", query, head)
             if m := _HF_TREE.match(path):
@@ -294,7 +321,14 @@ def _handler_for(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             if self.command != "HEAD":
                 self.wfile.write(data)
 
-        def _file(self, f: HubFile, head: bool, hf: bool) -> None:
+        def _file(self, f: HubFile, head: bool, hf: bool, cdn: bool = False) -> None:
+            if hub.faults.redirect and not head and not cdn:
+                repo = next(r for r, files in hub.repos.items() if files.get(f.path) is f)
+                self.send_response(302)
+                self.send_header("Location", f"/cdn/{repo}/{f.path}?sig=ok")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             start, end = 0, f.size
             ranged = self.headers.get("Range")
             if ranged and not hub.faults.ignore_range:
@@ -309,7 +343,7 @@ def _handler_for(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
                     self.end_headers()
                     return
             if not head:
-                hub.log[-1].file, hub.log[-1].range_start = f.path, start
+                self.entry.file, self.entry.range_start, self.entry.range_end = f.path, start, end
             self.send_response(206 if (start, end) != (0, f.size) else 200)
             if (start, end) != (0, f.size):
                 self.send_header("Content-Range", f"bytes {start}-{end - 1}/{f.size}")
@@ -325,14 +359,35 @@ def _handler_for(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if head:
                 return
+            hub.sending(+1)
+            try:
+                self._body(f, start, end)
+            finally:
+                hub.sending(-1)
+
+        def _body(self, f: HubFile, start: int, end: int) -> None:
             drop = hub.take_drop(f.path)
             limit = end if drop is None else min(end, start + drop)
+            rate = hub.faults.rate_per_connection
             if f.disk is not None and f.path not in hub.faults.corrupt and not hub.faults.delay_s:
                 with f.disk.open("rb") as fh:
-                    self.connection.sendfile(fh, offset=start, count=limit - start)
+                    if not rate:
+                        self.entry.sent = self.connection.sendfile(fh, offset=start, count=limit - start)
+                    else:  # paced in 256 KiB pieces, still without copying through Python
+                        began, pos, piece = time.monotonic(), start, 256 << 10
+                        while pos < limit:
+                            pos += self.connection.sendfile(fh, offset=pos, count=min(piece, limit - pos))
+                            self.entry.sent = pos - start
+                            ahead = began + (pos - start) / rate - time.monotonic()
+                            if ahead > 0:
+                                time.sleep(ahead)
             else:
+                began = time.monotonic()
                 for chunk in self._chunks(f, start, limit):
                     self.wfile.write(chunk)
+                    self.entry.sent += len(chunk)
+                    if rate and (ahead := began + self.entry.sent / rate - time.monotonic()) > 0:
+                        time.sleep(ahead)
             if limit < end:  # the drop: the client sees a short body
                 self.close_connection = True
                 self.wfile.flush()

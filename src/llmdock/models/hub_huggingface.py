@@ -1,6 +1,7 @@
 """Hugging Face through ``huggingface_hub``: ``HfApi.model_info`` resolves the revision to a commit,
-``list_repo_tree`` lists files (size, LFS sha256 or git blob id), and a file streams through the SDK's
-own HTTP session from ``hf_hub_url`` with its auth headers. The endpoint is ``HF_ENDPOINT`` read when the
+``list_repo_tree`` lists files (size, LFS sha256 or git blob id), and ``hf_hub_url`` with the SDK's auth
+headers says where a file is (:mod:`llmdock.models.transfer` fetches it in ranges; ``open_file`` streams
+it through the SDK's own HTTP session). The endpoint is ``HF_ENDPOINT`` read when the
 adapter is made (the SDK itself reads it only at import); the token is ``token`` or the SDK's usual
 ``HF_TOKEN`` / stored login.
 """
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from llmdock.errors import HubError, NotFound
-from llmdock.models.hubs import Body, Listing, RemoteFile, unreachable, unreachable_error
+from llmdock.models.hubs import Body, Listing, Location, RemoteFile, unreachable, unreachable_error
 
 
 def _translate(e: Exception, what: str) -> Exception:
@@ -68,6 +69,14 @@ class HuggingFaceHub:
             if isinstance(f, RepoFile)
         ]
         return Listing(commit=commit, files=files)
+
+    def locate(self, repo_id: str, revision: str, path: str) -> Location:
+        """``/{repo}/resolve/{commit}/{path}`` on the endpoint (it redirects LFS files to a CDN)."""
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+        url = hf_hub_url(repo_id, path, revision=revision, endpoint=self._endpoint)
+        return Location(url, dict(build_hf_headers(token=self._token)), _translate)
 
     @contextlib.contextmanager
     def open_file(self, repo_id: str, revision: str, path: str, offset: int) -> Iterator[Body]:

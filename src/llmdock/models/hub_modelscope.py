@@ -1,5 +1,6 @@
 """ModelScope through the ``modelscope`` SDK: its HubApi lists files (size, sha256), its legacy client
-streams a file with a Range header. The endpoint is ``MODELSCOPE_ENDPOINT`` (a mirror, or the test hub),
+says where a file is (:mod:`llmdock.models.transfer` fetches it in ranges) or streams it with a Range
+header. The endpoint is ``MODELSCOPE_ENDPOINT`` (a mirror, or the test hub),
 read when the adapter is made; the token is the ``token`` argument or ``MODELSCOPE_API_TOKEN``.
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from llmdock.errors import HubError, NotFound
-from llmdock.models.hubs import CHUNK, Body, Listing, RemoteFile, unreachable, unreachable_error
+from llmdock.models.hubs import CHUNK, Body, Listing, Location, RemoteFile, unreachable, unreachable_error
 
 DEFAULT_ENDPOINT = "https://modelscope.cn"
 
@@ -53,7 +54,8 @@ class ModelScopeHub:
             for logger in ("modelscope_hub", "modelscope"):
                 logging.getLogger(logger).setLevel(logging.ERROR)
         endpoint = os.environ.get("MODELSCOPE_ENDPOINT") or None
-        self._api: Any = HubApi(endpoint=endpoint, token=token or os.environ.get("MODELSCOPE_API_TOKEN"))
+        self._token = token or os.environ.get("MODELSCOPE_API_TOKEN")
+        self._api: Any = HubApi(endpoint=endpoint, token=self._token)
 
     def list_files(self, repo_id: str, revision: str) -> Listing:
         try:
@@ -66,6 +68,13 @@ class ModelScopeHub:
             if getattr(e, "type", "blob") != "tree" and e.path
         ]
         return Listing(commit=revision, files=files)  # ModelScope's listing names no commit for a branch
+
+    def locate(self, repo_id: str, revision: str, path: str) -> Location:
+        """The SDK's download URL (``/api/v1/models/{repo}/repo?Revision=&FilePath=``), with the token
+        sent both ways the SDK sends it (Bearer header and ``m_session_id`` cookie)."""
+        url = self._api.legacy.get_download_url(repo_id, "model", path, revision)
+        headers = {"Authorization": f"Bearer {self._token}", "Cookie": f"m_session_id={self._token}"}
+        return Location(url, headers if self._token else {}, _translate)
 
     @contextlib.contextmanager
     def open_file(self, repo_id: str, revision: str, path: str, offset: int) -> Iterator[Body]:

@@ -1,7 +1,7 @@
 """The one small Protocol every model hub sits behind, and an in-memory hub for unit tests.
 
-A hub does two things: list a repo's files (with sizes and checksums) at a revision, and open one file's
-bytes from an offset. Everything else (layout, resume, hashing, locking) is the store's. Adapters
+A hub does two things: list a repo's files (with sizes and checksums) at a revision, and say where
+one file's bytes are (a URL and headers, for parallel ranged downloads) or open them from an offset. Everything else (layout, resume, hashing, locking) is the store's. Adapters
 translate their SDK's exceptions into :class:`~llmdock.errors.NotFound` (no such repo or revision) and
 :class:`~llmdock.errors.HubError` (everything else), keeping the SDK's message.
 
@@ -54,6 +54,25 @@ class Body:
     readinto: Callable[[memoryview], int] | None = None
 
 
+Translate = Callable[[Exception, str], Exception]
+
+
+def _as_is(e: Exception, what: str) -> Exception:
+    return HubError(f"request for {what} failed: {e}")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a hub serves a file's bytes: a URL (it may redirect) and the headers that authorise it.
+
+    ``translate`` turns an ``httpx`` error into the hub's own NotFound/HubError (its wording, its hint).
+    """
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    translate: Translate = _as_is
+
+
 class Hub(Protocol):
     source: str
 
@@ -62,6 +81,11 @@ class Hub(Protocol):
     def open_file(
         self, repo_id: str, revision: str, path: str, offset: int
     ) -> contextlib.AbstractContextManager[Body]: ...
+
+    def locate(self, repo_id: str, revision: str, path: str) -> Location | None:
+        """The file's URL for ranged parallel downloads (:mod:`llmdock.models.transfer`); None when
+        the hub has none (then :meth:`open_file` streams it)."""
+        ...
 
 
 _UNREACHABLE_TEXT = (
@@ -169,6 +193,9 @@ class MemoryHub:
                 raise HubError(f"connection dropped while reading {path}")
 
         yield Body(start=offset, chunks=chunks())
+
+    def locate(self, repo_id: str, revision: str, path: str) -> Location | None:
+        return None  # no URL: pulls stream through open_file
 
     def _repo(self, repo_id: str) -> Mapping[str, bytes]:
         if repo_id not in self.repos:

@@ -3,7 +3,8 @@
 Steps, under the model's lock: list the hub's files (validated names, include/exclude globs) → if a
 complete manifest already covers them, done → move any earlier result back to staging and collect
 what is already fetched → check disk space and the system-disk rule → fetch the rest in parallel
-(biggest first), recording each finished file in ``.llmdock-progress.json`` → move the staging directory
+(biggest first; in byte ranges over ``pull_connections`` HTTP connections where the hub gives URLs, see
+:mod:`llmdock.models.transfer`), recording each finished file in ``.llmdock-progress.json`` → move the staging directory
 into place → write the manifest. Interrupted at any point, the next pull resumes from what is on disk.
 
 Events besides fetch's (see :mod:`llmdock.models.fetch`)::
@@ -29,11 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmdock.errors import HubError, InsufficientSpace, NotFound
-from llmdock.models import disk, manifest
+from llmdock.models import disk, manifest, transfer
 from llmdock.models.fetch import Progress, _quiet, fetch_file
 from llmdock.models.hubs import Hub, RemoteFile, first_failure
 from llmdock.models.manifest import FileRecord, Manifest
-from llmdock.models.names import PART_SUFFIX, Layout, ModelRef, check_hub_path, parse_model_id
+from llmdock.models.names import Layout, ModelRef, check_hub_path, parse_model_id
 
 if TYPE_CHECKING:
     from llmdock.models.store import LocalModel, ModelStore
@@ -126,7 +127,7 @@ def _pull_files(
         records = reopen(lay, old)
         todo = [f for f in wanted if not _fresh(records.get(f.path), f)]
         total = sum(f.size for f in wanted)
-        fetch_bytes = sum(f.size - _part_size(lay.staging, f) for f in todo)
+        fetch_bytes = sum(f.size - transfer.already_fetched(lay.staging, f) for f in todo)
         facts = store.probe(store.root)
         disk.check_system_disk(total, facts, allow_system_disk, store.system_disk_limit)
         disk.check_space(fetch_bytes, facts, store.reserve)
@@ -181,8 +182,29 @@ def _fetch_all(
     records: dict[str, FileRecord],
     progress: Progress,
 ) -> None:
-    stop = threading.Event()
     guard = threading.Lock()
+
+    def record(done: FileRecord) -> None:
+        with guard:
+            records[done.path] = done
+            _write_progress(staging, records)
+
+    locate = getattr(hub, "locate", None)
+    if todo and locate is not None and locate(ref.repo_id, commit, todo[0].path) is not None:
+        try:
+            transfer.fetch_files(
+                todo,
+                lambda f: locate(ref.repo_id, commit, f.path),
+                staging,
+                connections=store.connections,
+                progress=progress,
+                on_done=record,
+                fsync=store.durable,
+            )
+        except OSError as e:
+            _raise(e, staging)
+        return
+    stop = threading.Event()
 
     def report(event: dict[str, Any]) -> None:
         if stop.is_set():
@@ -192,10 +214,7 @@ def _fetch_all(
     def one(remote: RemoteFile) -> None:
         if stop.is_set():
             return
-        record = fetch_file(hub, ref.repo_id, commit, remote, staging, report, fsync=store.durable)
-        with guard:
-            records[record.path] = record
-            _write_progress(staging, records)
+        record(fetch_file(hub, ref.repo_id, commit, remote, staging, report, fsync=store.durable))
 
     pool = ThreadPoolExecutor(max_workers=max(1, store.workers), thread_name_prefix="llmdock-pull")
     try:
@@ -274,11 +293,6 @@ def _fresh(record: FileRecord | None, remote: RemoteFile) -> bool:
     if record is None or record.size != remote.size:
         return False
     return remote.sha256 is None or record.sha256 == remote.sha256.lower()
-
-
-def _part_size(staging: Path, f: RemoteFile) -> int:
-    part = staging / (f.path + PART_SUFFIX)
-    return min(part.stat().st_size, f.size) if part.exists() else 0
 
 
 def _on_disk(path: Path, size: int) -> bool:

@@ -114,6 +114,7 @@ class ModelStore:
         system_disk_limit: int = disk.SYSTEM_DISK_LIMIT,
         probe: Callable[[Path], disk.DiskFacts] = disk.probe,
         durable: bool = False,
+        connections: int | None = None,
     ) -> None:
         self.root = root.expanduser().absolute()
         self.hub_factory = hub_factory
@@ -122,6 +123,16 @@ class ModelStore:
         self.system_disk_limit = system_disk_limit
         self.probe = probe
         self.durable = durable  # fsync every file before it counts (see fetch.fetch_file)
+        self._connections = connections
+
+    @property
+    def connections(self) -> int:
+        """HTTP connections a pull uses at once: the argument, else the ``pull_connections`` setting."""
+        if self._connections is None:
+            from llmdock import settings
+
+            self._connections = settings.load().pull_connections
+        return self._connections
 
     @classmethod
     def default(cls) -> ModelStore:
