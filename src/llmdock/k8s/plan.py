@@ -6,10 +6,10 @@ the pod's address, no cpuset, the docker runtime's image), then :func:`llmdock.p
 decides GPUs, TP size, context and argv exactly as for ``up``, against one node's GPUs.
 
 Several nodes per copy (``--nodes N``) follow vLLM's multi-node recipe: tensor parallel inside a node,
-pipeline parallel across nodes (TP x PP), Ray as the executor. Memory is fitted against the GPUs of
-all N nodes together (a TP of N x k splits weights and KV cache as TP k x PP N does); the argv each
-copy runs is then planned for one node with ``--pipeline-parallel-size N --distributed-executor-backend
-ray``.
+pipeline parallel across nodes (TP x PP), Ray as the executor. The leader's argv is planned for one
+node holding one pipeline stage (:func:`pipeline_stage`: 1/N of the layers and weights) with
+``--pipeline-parallel-size N --distributed-executor-backend ray``, so memory, context and TP are
+checked as ``up`` checks them.
 
 Example::
 
@@ -185,22 +185,10 @@ def _plan_multi_node(
             f"tensor parallel {per_node} needs {per_node} GPUs in one node, and a node has {len(node_gpus)}",
             f"give --tp {len(node_gpus)} or less (tensor parallel inside a node, pipeline parallel across nodes)",
         )
-    pool = tuple(
-        replace(g, index=n * per_node + i, uuid=f"{g.uuid}-node{n}")
-        for n in range(nodes)
-        for i, g in enumerate(node_gpus[:per_node])
-    )
-    # Memory: weights and KV cache over every GPU of the group (TP k x PP N splits them as TP N*k does).
-    pooled = cluster.plan(
-        replace(spec, gpus=str(len(pool)), tensor_parallel_size=len(pool)), pool, facts, model_path
-    )
-    fitted = pooled.fit
     leader = replace(
         spec,
         gpus=str(per_node),
         tensor_parallel_size=per_node,
-        max_model_len=fitted.max_model_len if fitted else spec.max_model_len,
-        gpu_memory_utilization=fitted.gpu_memory_utilization if fitted else spec.gpu_memory_utilization,
         extra_args=[
             *spec.extra_args,
             "--pipeline-parallel-size",
@@ -209,4 +197,28 @@ def _plan_multi_node(
             "ray",
         ],
     )
-    return replace(cluster.plan(leader, node_gpus, None, model_path), fit=fitted), per_node
+    stage = pipeline_stage(facts, nodes) if facts else None
+    try:
+        return cluster.plan(leader, node_gpus[:per_node], stage, model_path), per_node
+    except DoesNotFit as e:
+        raise DoesNotFit(
+            f"one of {nodes} pipeline stages: {e.message}", f"{e.hint}; or more --nodes", e.alternatives
+        ) from None
+
+
+def pipeline_stage(facts: ModelFacts, stages: int) -> ModelFacts:
+    """What one node holds under pipeline parallel ``stages``: its share of the layers and weights
+    (vLLM splits the layers evenly; the embeddings and a vision tower, on the first and last stage,
+    are shared out too, which a fifth of memory headroom covers). Heads are untouched: tensor
+    parallel inside the node must still divide them."""
+
+    def share(n: int) -> int:
+        return -(-n // stages)
+
+    return replace(
+        facts,
+        num_layers=share(facts.num_layers),
+        sliding_layers=share(facts.sliding_layers),
+        dense_layers=share(facts.dense_layers),
+        weight_bytes=share(facts.weight_bytes),
+    )

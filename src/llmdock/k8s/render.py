@@ -181,10 +181,11 @@ def _container_base(
             },
             {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
         ],
+        # As under Docker: never privileged, the runtime's default capabilities and seccomp profile
+        # (engine images run as root; dropping every capability breaks reading weights owned by others).
         "securityContext": {
             "privileged": False,
             "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
