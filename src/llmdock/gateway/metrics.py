@@ -52,6 +52,7 @@ class Metrics:
         self.restarts: defaultdict[tuple[str], int] = defaultdict(int)
         self.retries: defaultdict[tuple[str], int] = defaultdict(int)  # model
         self.replicas: Callable[[], Iterable[tuple[str, str, bool, int]]] = lambda: ()
+        self.queued: Callable[[], Iterable[tuple[str, int]]] = lambda: ()  # deployment, requests waiting
 
     def done(
         self,
@@ -124,6 +125,12 @@ class Metrics:
             dict(self.tokens),
         )
         gauge("llmdock_in_flight_requests", "Requests being proxied now.", ("model",), dict(self.in_flight))
+        gauge(
+            "llmdock_queued_requests",
+            "Requests waiting because the deployment is at its concurrency bound.",
+            ("model",),
+            {(name,): n for name, n in self.queued()},
+        )
         histogram("llmdock_request_duration_seconds", "Time from request to last byte.", self.latency)
         histogram(
             "llmdock_time_to_first_token_seconds", "Time from request to first stream chunk.", self.ttft

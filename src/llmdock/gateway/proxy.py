@@ -150,6 +150,7 @@ class Proxy:
         self.hold = hold
         self.quotas = quotas or Quotas()
         self.gates: dict[str, Gate] = {}  # deployment name -> its concurrency bound and queue
+        metrics.queued = lambda: ((name, len(g.waiters)) for name, g in self.gates.items())
         self.streams: set[Stream] = set()  # open streamed answers (shutdown ends them with an error event)
 
     async def handle(self, request: Request) -> Response | Stream:
