@@ -70,53 +70,38 @@ def claim(kp: ClusterPlan, *, storage: str | None = None, storage_class: str | N
     }
     if storage_class:
         spec["storageClassName"] = storage_class
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": _metadata(kp, f"{kp.name}-models"),
-        "spec": spec,
-    }
+    return _object(kp, "v1", "PersistentVolumeClaim", f"{kp.name}-models", spec)
 
 
 def deployment(kp: ClusterPlan) -> dict[str, Any]:
     labels = _labels(kp)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(kp, kp.name),
-        "spec": {
-            "replicas": kp.plan.spec.replicas,
-            "selector": {"matchLabels": {"app.kubernetes.io/name": kp.name}},
-            # No surge: a new pod would wait for GPUs the old one holds.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
-            "template": {"metadata": {"labels": labels}, "spec": _pod_spec(kp, engine_container(kp))},
-        },
+    spec = {
+        "replicas": kp.plan.spec.replicas,
+        "selector": {"matchLabels": {"app.kubernetes.io/name": kp.name}},
+        # No surge: a new pod would wait for GPUs the old one holds.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+        "template": {"metadata": {"labels": labels}, "spec": _pod_spec(kp, engine_container(kp))},
     }
+    return _object(kp, "apps/v1", "Deployment", kp.name, spec)
 
 
 def leader_worker_set(kp: ClusterPlan) -> dict[str, Any]:
     labels = _labels(kp)
-    return {
-        "apiVersion": "leaderworkerset.x-k8s.io/v1",
-        "kind": "LeaderWorkerSet",
-        "metadata": _metadata(kp, kp.name),
-        "spec": {
-            "replicas": kp.plan.spec.replicas,
-            "leaderWorkerTemplate": {
-                "size": kp.nodes,
-                # One pod lost breaks the Ray group: start the whole group again.
-                "restartPolicy": "RecreateGroupOnPodRestart",
-                "leaderTemplate": {
-                    "metadata": {"labels": {**labels, "role": "leader"}},
-                    "spec": _pod_spec(kp, leader_container(kp)),
-                },
-                "workerTemplate": {
-                    "metadata": {"labels": {**labels, "role": "worker"}},
-                    "spec": _pod_spec(kp, worker_container(kp)),
-                },
-            },
+    group = {
+        "size": kp.nodes,
+        # One pod lost breaks the Ray group: start the whole group again.
+        "restartPolicy": "RecreateGroupOnPodRestart",
+        "leaderTemplate": {
+            "metadata": {"labels": {**labels, "role": "leader"}},
+            "spec": _pod_spec(kp, leader_container(kp)),
+        },
+        "workerTemplate": {
+            "metadata": {"labels": {**labels, "role": "worker"}},
+            "spec": _pod_spec(kp, worker_container(kp)),
         },
     }
+    spec = {"replicas": kp.plan.spec.replicas, "leaderWorkerTemplate": group}
+    return _object(kp, "leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", kp.name, spec)
 
 
 def service(kp: ClusterPlan) -> dict[str, Any]:
@@ -125,16 +110,8 @@ def service(kp: ClusterPlan) -> dict[str, Any]:
         if kp.multi_node
         else {"app.kubernetes.io/name": kp.name}
     )
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _metadata(kp, kp.name),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector,
-            "ports": [{"name": "http", "port": kp.plan.port, "targetPort": "http", "protocol": "TCP"}],
-        },
-    }
+    ports = [{"name": "http", "port": kp.plan.port, "targetPort": "http", "protocol": "TCP"}]
+    return _object(kp, "v1", "Service", kp.name, {"type": "ClusterIP", "selector": selector, "ports": ports})
 
 
 # ---- containers ---------------------------------------------------------------------------------------
@@ -279,6 +256,10 @@ def _pod_spec(kp: ClusterPlan, container: dict[str, Any]) -> dict[str, Any]:
 
 def _labels(kp: ClusterPlan) -> dict[str, str]:
     return {"app.kubernetes.io/name": kp.name, "app.kubernetes.io/component": "engine", **MANAGED_BY}
+
+
+def _object(kp: ClusterPlan, api_version: str, kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": api_version, "kind": kind, "metadata": _metadata(kp, name), "spec": spec}
 
 
 def _metadata(kp: ClusterPlan, name: str) -> dict[str, Any]:
