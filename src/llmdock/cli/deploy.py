@@ -139,6 +139,14 @@ def up(
         ),
     ] = None,
     network: Annotated[str, typer.Option(help="host (default, as the procedure) | bridge.")] = "host",
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            metavar="NAME",
+            help="Docker host to run on (`llmdock hosts ls`; local is this one). Default: the one with room.",
+        ),
+    ] = None,
     share_gpus: Annotated[bool, typer.Option(help="Allow GPUs another deployment holds.")] = False,
     spread: Annotated[
         bool, typer.Option("--spread", help="With --gpus auto: prefer the emptiest GPUs (default: binpack).")
@@ -210,6 +218,7 @@ def up(
         extra_args=list(ctx.args),
         runtime=runtime,
         engine_env=engine_env or named_env,
+        host=host,
     )
     from llmdock.gateway.keystore import parse_duration
     from llmdock.gateway.routing import Policy
@@ -334,7 +343,7 @@ def ps(json_out: Json = False) -> None:
         print_json(rows)
         return
     table = Table(box=None, header_style="bold")
-    for col in ("NAME", "STATE", "RUNTIME", "ENGINE", "PORT", "GPUS", "MODEL"):
+    for col in ("NAME", "HOST", "STATE", "RUNTIME", "ENGINE", "PORT", "GPUS", "MODEL"):
         # Names and paths wrap instead of shrinking to "demo/big-mo…" on an 80-column terminal.
         table.add_column(col, overflow="fold", min_width=len(col) if col != "MODEL" else 12)
     for d in deps:
@@ -345,7 +354,7 @@ def ps(json_out: Json = False) -> None:
             state += f" [red]{kind}[/red]"
         state += f" [dim]restarted ×{restarts}[/dim]" if restarts else ""
         gpus = ",".join(map(str, d.gpus)) or "-"
-        table.add_row(d.name, state, d.runtime, d.engine, str(d.port or "-"), gpus, d.model)
+        table.add_row(d.name, d.host, state, d.runtime, d.engine, str(d.port or "-"), gpus, d.model)
     out.print(table if deps else "no deployments (start one with `llmdock up MODEL`)")
 
 

@@ -17,6 +17,7 @@ from llmdock.cli import demo as demo_cmd
 from llmdock.cli import deploy
 from llmdock.cli import doctor as doctor_cmd
 from llmdock.cli import envs as envs_cmd
+from llmdock.cli import hosts as hosts_cmd
 from llmdock.cli import models as models_cmd
 from llmdock.cli import serve as serve_cmd
 
@@ -34,6 +35,7 @@ app.add_typer(models_cmd.app, name="models")
 models_cmd.set_used_by(deploy.deployments_using)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(envs_cmd.app, name="env")
+hosts_cmd.register(app)
 app.command("doctor")(doctor_cmd.doctor)
 app.command("demo")(demo_cmd.demo)
 serve_cmd.register(app)

@@ -77,7 +77,8 @@ def show_verdict(plan: Plan) -> None:
             if plan.stand_in_gpus
             else ("GPUs " + ",".join(map(str, plan.gpus)))
         )
-    what = f"{plan.spec.name}: {plan.spec.engine} on {where}, port {plan.port}"
+    on = f" of host {plan.host}" if plan.host != "local" else ""
+    what = f"{plan.spec.name}: {plan.spec.engine} on {where}{on}, port {plan.port}"
     host = [p for p in plan.problems if p not in plan.blocking]
     if plan.blocking:
         out.print(f"[bold red]cannot deploy[/bold red] {what}")

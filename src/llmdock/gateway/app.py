@@ -170,7 +170,10 @@ class Gateway:
             from llmdock.runtimes.multi import Runtimes, default_members
 
             # Deployments of every runtime: Docker containers and local processes alike.
-            sources.append(DockerSource(Runtimes(default_members(self.settings))))
+            from llmdock.hosts.keys import EngineKeys
+
+            keys = EngineKeys(self.settings.home / "engine-keys")
+            sources.append(DockerSource(Runtimes(default_members(self.settings)), keys))
             settings = self.settings
 
             def controller() -> LifecycleController:

@@ -361,6 +361,8 @@ class Proxy:
                 replica = await self.hold(route)
             replica.outstanding += 1
             try:
+                if replica.target.api_key:  # an engine on another host checks its own key
+                    headers = {**headers, "authorization": f"Bearer {replica.target.api_key}"}
                 reply = await self.engines.request(replica.url, request.method, target, body, headers)
             except Unreachable:
                 replica.outstanding -= 1

@@ -39,6 +39,7 @@ class Target:
     state: str = "running"
     exit_code: int | None = None
     started_at: str = ""  # a new start (a restart) means a new process: health is probed again
+    api_key: str = ""  # the engine's own key (an engine on another host), sent upstream as Bearer
     concurrency: int | None = None  # requests the engine runs at once, when its flags say (congestion.py)
 
 

@@ -107,8 +107,12 @@ def static_target(model: str, url: str) -> Target:
 
 
 class DockerSource:
-    def __init__(self, runtime: Any) -> None:
+    """Targets from the runtimes' listing; an engine on another host is reached at that host's
+    address, with the key ``keys`` holds for it (:mod:`llmdock.hosts.keys`)."""
+
+    def __init__(self, runtime: Any, keys: Any = None) -> None:
         self.runtime = runtime
+        self.keys = keys
 
     def targets(self) -> list[Target]:
         out = []
@@ -124,7 +128,7 @@ class DockerSource:
                 Target(
                     deployment=route,
                     served_name=d.served_name or d.name,
-                    base_url=f"http://127.0.0.1:{d.port}",
+                    base_url=f"http://{d.address}:{d.port}",
                     key=d.id or f"{d.name}:{d.port}",
                     running=d.running,
                     health_path=d.health_path,
@@ -133,6 +137,7 @@ class DockerSource:
                     exit_code=d.exit_code,
                     started_at=d.started_at,
                     concurrency=engine_concurrency(d.spec.get("extra_args") or ()),
+                    api_key=(self.keys.read(d.name) or "") if self.keys and d.host != "local" else "",
                 )
             )
         return out
@@ -288,7 +293,9 @@ class Supervisor:
                 ok = r.status == 200
                 await r.read()
             if ok and not was:  # ready also means the served name is listed
-                async with self.session.get(base + "/v1/models", timeout=timeout) as r:
+                key = replica.target.api_key
+                auth = {"Authorization": f"Bearer {key}"} if key else None
+                async with self.session.get(base + "/v1/models", timeout=timeout, headers=auth) as r:
                     ids = [m.get("id") for m in (await r.json()).get("data", [])] if r.status == 200 else []
                 ok = route.served_name in ids
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError):

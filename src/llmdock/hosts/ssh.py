@@ -69,7 +69,8 @@ def ssh_argv(host: Host, known_hosts: Path, local: Path, *, first: bool = False)
     ]  # fmt: skip
     if host.identity:
         argv += ["-i", host.identity, "-o", "IdentitiesOnly=yes"]
-    return argv + ["-p", str(host.port), "-L", f"{local}:{host.docker_socket}", f"{host.user}@{host.address}"]
+    forward = f"{local}:{host.docker_socket}"
+    return [*argv, "-p", str(host.port), "-L", forward, f"{host.user}@{host.address}"]
 
 
 def _die_with_parent() -> None:
@@ -103,7 +104,8 @@ class Tunnel:
         """Start ssh and wait for the forward; RuntimeUnavailable with ssh's own words when it fails."""
         if not shutil.which("ssh"):
             raise RuntimeUnavailable(
-                "ssh is not installed here", "install the OpenSSH client (`apt-get install -y openssh-client`)"
+                "ssh is not installed here",
+                "install the OpenSSH client (`apt-get install -y openssh-client`)",
             )
         if not self.first and not self.known_hosts.is_file():
             raise RuntimeUnavailable(
@@ -115,7 +117,7 @@ class Tunnel:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 (only a prctl, no locks taken)
+            preexec_fn=_die_with_parent,  # only a prctl: nothing that takes a lock
         )
         deadline = time.monotonic() + READY_S
         while not self.socket.exists():
