@@ -50,9 +50,7 @@ def image(docker_client: Any) -> Iterator[tuple[str, str]]:
 
 @pytest.fixture
 def wheel(tmp_path: Path) -> str:
-    path = tmp_path / "llmdock-0.1.0-py3-none-any.whl"
-    path.write_bytes(b"a stand-in wheel: these tests are about the other members")
-    return str(path)
+    return str(bundles.stand_in_wheel(tmp_path))
 
 
 def fresh(tmp_path: Path, name: str = "dst-home") -> dict[str, str]:
@@ -227,3 +225,14 @@ def test_a_full_disk_is_refused_with_what_is_needed(
         assert f"not enough free space in {small}" in done.stderr and "loading this bundle" in done.stderr
         assert "nothing was written" in done.stderr
         assert not (small / "models" / ".staging").exists()
+
+
+def test_a_reader_that_goes_away_is_one_error(pulled: dict[str, str], wheel: str) -> None:
+    proc = subprocess.Popen(
+        [*LLMDOCK, "bundle", REPO, "--no-image", "--wheel", wheel, "-o", "-"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **pulled},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    proc.stdout.close()  # as `| head -c 0` or a dropped ssh would
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "went away before the end" in stderr and "Traceback" not in stderr, stderr

@@ -21,7 +21,6 @@ from llmdock.bundle.write import write_bundle
 from llmdock.errors import ImageMissing, IntegrityError
 from llmdock.models.store import ModelStore
 from tests.support import bundles
-from tests.support.hub import tiny_model_files
 
 pytestmark = pytest.mark.docker
 PART = 1 << 20
@@ -35,20 +34,12 @@ def image(docker_client: Any) -> Iterator[tuple[str, str]]:
 
 @pytest.fixture
 def source(tmp_path: Path) -> ModelStore:
-    files = tmp_path / "weights"
-    files.mkdir()
-    for name, data in tiny_model_files().items():
-        (files / name).write_bytes(data)
-    store = ModelStore(tmp_path / "models-src", reserve=0)
-    store.import_local(files, "tiny/model", copy=True)
-    return store
+    return bundles.source_store(tmp_path)
 
 
 @pytest.fixture
 def wheel(tmp_path: Path) -> Path:
-    path = tmp_path / "llmdock-0.1.0-py3-none-any.whl"
-    path.write_bytes(b"wheel bytes")
-    return path
+    return bundles.stand_in_wheel(tmp_path)
 
 
 def write(source: ModelStore, wheel: Path, tag: str, client: Any) -> bytes:

@@ -9,7 +9,11 @@ import io
 import tarfile
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llmdock.models.store import ModelStore
 
 Member = tuple[tarfile.TarInfo, bytes]
 
@@ -89,3 +93,24 @@ def tiny_image(client: Any, size: int = 3 << 20) -> Iterator[tuple[str, str]]:
     finally:
         with contextlib.suppress(docker.errors.ImageNotFound):
             client.images.remove(image.id, force=True)
+
+
+def source_store(tmp_path: Path) -> ModelStore:
+    """A store holding tiny/model (imported with --copy from tiny_model_files)."""
+    from llmdock.models.store import ModelStore
+    from tests.support.hub import tiny_model_files
+
+    files = tmp_path / "hand-downloaded"
+    files.mkdir()
+    for name, data in tiny_model_files().items():
+        (files / name).write_bytes(data)
+    store = ModelStore(tmp_path / "models-src", reserve=0)
+    store.import_local(files, "tiny/model", copy=True)
+    return store
+
+
+def stand_in_wheel(tmp_path: Path) -> Path:
+    """Bytes named like llmdock's wheel, for tests about the other members."""
+    path = tmp_path / "llmdock-0.1.0-py3-none-any.whl"
+    path.write_bytes(b"a stand-in wheel: these tests are about the other members")
+    return path

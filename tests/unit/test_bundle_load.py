@@ -27,20 +27,12 @@ PART = 64 << 10
 
 @pytest.fixture
 def source(tmp_path: Path) -> ModelStore:
-    files = tmp_path / "hand-downloaded"
-    files.mkdir()
-    for name, data in tiny_model_files().items():
-        (files / name).write_bytes(data)
-    store = ModelStore(tmp_path / "models-src", reserve=0)
-    store.import_local(files, "tiny/model", copy=True)
-    return store
+    return bundles.source_store(tmp_path)
 
 
 @pytest.fixture
 def wheel(tmp_path: Path) -> Path:
-    path = tmp_path / "llmdock-0.1.0-py3-none-any.whl"
-    path.write_bytes(b"PK not really a wheel, but bytes to carry")
-    return path
+    return bundles.stand_in_wheel(tmp_path)
 
 
 @pytest.fixture

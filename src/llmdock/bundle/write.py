@@ -81,6 +81,7 @@ def write_bundle(
     )
     written = 0
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=BUFSIZE) as tar:
+        tar.copybufsize = BUFSIZE  # type: ignore[attr-defined]  # real (3.8+), not in typeshed; else 16 KiB reads
         _add(tar, bm.HEAD, len(head_bytes), io.BytesIO(head_bytes))
         sources = [wheel, *(model.path / f.path for f in m.files)]
         for member, path in zip(head.members, sources, strict=True):

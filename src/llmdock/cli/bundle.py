@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,8 +75,19 @@ def bundle(
     with tempfile.TemporaryDirectory(prefix="llmdock-wheel-") as tmp:
         whl, how = llmdock_wheel(Path(tmp), wheel)
         err.print(f"llmdock wheel: {whl.name} ({how})")
-        with _output(output) as out:
-            head = write_bundle(store, model, out, wheel=whl, image=name, images=images, progress=_say)
+        try:
+            with _output(output) as out:
+                head = write_bundle(store, model, out, wheel=whl, image=name, images=images, progress=_say)
+        except BrokenPipeError:
+            from llmdock.errors import LlmdockError
+
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())  # the interpreter's last flush of stdout must not fail too
+            raise LlmdockError(
+                "the command reading the bundle from stdout went away before the end",
+                "check the other side of the pipe (e.g. `ssh HOST llmdock load -`'s error); run the same bundle "
+                "again and `llmdock load` resumes from what it verified",
+            ) from None
     where = "stdout" if output == "-" else output
     image_text = f", image {head.image.name} ({head.image.id[:19]})" if head.image else ""
     err.print(f"wrote {where}: model {head.model.key}{image_text}, llmdock {head.llmdock_version}")
