@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 keys_app = typer.Typer(
-    help="API keys for the gateway: create (shown once), list, revoke.", no_args_is_help=True
+    help="API keys for the gateway: create (shown once), list, change quotas, revoke.", no_args_is_help=True
 )
 
 

@@ -2,7 +2,9 @@
 
 wire.py        error envelope and the GatewayError tree (pure)
 routing.py     route table, replica choice by least outstanding requests (pure)
-keys.py        key generation, hashing, constant-time checks, per-key rate limits (pure)
+keys.py        key generation, hashing, constant-time checks, model allow-lists, scopes (pure)
+quotas.py      per-key quotas: tokens per UTC day/month, rpm, tpm, requests at once (pure)
+congestion.py  a deployment's concurrency bound and the bounded queue in front of it
 keystore.py    keys and usage in SQLite (migration 2)
 sse.py         usage figures from JSON bodies and SSE streams (pure)
 metrics.py     Prometheus text format, hand-rolled to stay cheap on the hot path

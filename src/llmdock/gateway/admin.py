@@ -326,7 +326,7 @@ OPENAPI: dict[str, Any] = {
         "/v1/chat/completions": {"post": _op("OpenAI chat completions, routed by `model`", True)},
         "/v1/completions": {"post": _op("OpenAI completions, routed by `model`", True)},
         "/v1/embeddings": {"post": _op("OpenAI embeddings, routed by `model`", True)},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "OK"}}}},
+        "/metrics": {"get": _op("Prometheus metrics (an admin key, or one with --scope metrics)")},
         "/admin/v1/deployments": {
             "get": _op("List deployments"),
             "post": {**_op("Create a deployment (fields of `llmdock up`; `model` required)", True)},

@@ -63,10 +63,6 @@ class Quota:
     def as_dict(self) -> dict[str, int | None]:
         return {n: getattr(self, n) for n in self.names()}
 
-    @property
-    def any(self) -> bool:
-        return any(v is not None for v in self.as_dict().values())
-
 
 NO_QUOTA = Quota()
 
@@ -176,11 +172,11 @@ class KeyCounters:
     in_flight: int = 0
 
     def roll(self, now: float) -> None:
-        """Start a new day or month at its UTC boundary."""
+        """Start a new day or month at its UTC boundary (months begin with a day: checked only then)."""
         if day_of(now) != self.day:
             self.day, self.day_tokens = day_of(now), 0
-        if month_of(now) != self.month:
-            self.month, self.month_tokens = month_of(now), 0
+            if month_of(now) != self.month:
+                self.month, self.month_tokens = month_of(now), 0
 
 
 def refusal(name: str, quota: Quota, c: KeyCounters, now: float) -> QuotaExceeded | None:
@@ -252,7 +248,7 @@ class Quotas:
         """Count a request in, or raise :class:`QuotaExceeded` (429) naming the limit and Retry-After."""
         c = self.counters(name)
         now = self.clock()
-        if quota.any:
+        if quota is not NO_QUOTA and quota != NO_QUOTA:
             error = refusal(name, quota, c, now)
             if error is not None:
                 raise error
