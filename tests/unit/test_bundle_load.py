@@ -223,3 +223,19 @@ def test_a_model_changed_since_its_pull_is_not_bundled(
     with pytest.raises(IntegrityError) as loaded:  # what was written has no seal: it never loads
         load(ModelStore(tmp_path / "x", reserve=0), out.getvalue(), MemoryImages(), tmp_path)
     assert "ends early" in loaded.value.message or SHARD in loaded.value.message
+
+
+def test_a_member_missing_from_the_stream_is_refused(
+    bundle: bytes, target: ModelStore, tmp_path: Path
+) -> None:
+    dropped = bundles.rebuild(bundle, lambda ms: [m for m in ms if m[0].name != SHARD])
+    with pytest.raises(IntegrityError) as e:
+        load(target, dropped, MemoryImages(), tmp_path)
+    assert f"bundle member {SHARD} is listed in the manifest but was not in the stream" in e.value.message
+    assert target.list() == []
+
+
+def test_the_image_can_be_left_out(bundle: bytes, target: ModelStore, tmp_path: Path) -> None:
+    done = load_bundle(target, io.BytesIO(bundle), seekable=True, wheels_dir=tmp_path / "w", images=None)
+    assert done.image is None and not done.image_loaded and done.model.status == "verified"
+    assert not any(n.startswith("image/") for n in done.received)

@@ -18,7 +18,7 @@ bytes on stdin) skips them — a seekable file is not even read there.
 Events::
 
     {"event": "load_start", "model": KEY, "members": N, "total_bytes": T, "staging": DIR, "kept": K}
-    {"event": "member", "path": P, "size": N, "action": "verified" | "kept" | "received" | "present"}
+    {"event": "member", "path": P, "size": N, "action": "verified" | "kept" | "received" | "present" | "skipped"}
     {"event": "image_load", "image": NAME, "id": ID, "action": "loaded" | "present"}
     {"event": "registered", "model": KEY, "path": DIR, "action": "registered" | "present"}
 """
@@ -71,11 +71,12 @@ def load_bundle(
     *,
     seekable: bool,
     wheels_dir: Path,
-    images: Callable[[], Images],
+    images: Callable[[], Images] | None,
     progress: Progress = _quiet,
 ) -> Loaded:
     """Verify and load the bundle read from ``source`` (``seekable``: a file, whose verified members
-    are skipped by seeking; else a pipe). ``images`` is called only when the bundle has an image."""
+    are skipped by seeking; else a pipe). ``images`` is called only when the bundle has an image;
+    None leaves the image out (not staged, not loaded: a host without Docker)."""
     try:
         tar = tarfile.open(fileobj=source, mode="r:" if seekable else "r|", bufsize=BLOCK)  # noqa: SIM115 (with below)
     except tarfile.ReadError as e:
@@ -108,19 +109,20 @@ class _Loader:
         head_sha: str,
         ref: ModelRef,
         wheels_dir: Path,
-        images: Callable[[], Images],
+        images: Callable[[], Images] | None,
         progress: Progress,
     ) -> None:
         self.store, self.head, self.head_sha, self.ref = store, head, head_sha, ref
         self.wheels_dir, self.progress = wheels_dir, progress
-        self.images = images() if head.image is not None else None
+        self.images = images() if head.image is not None and images is not None else None
         self.staging = store.root / ".staging" / f"bundle-{head_sha[:16]}"
         self.expected = {m.path: m for m in head.members}
 
     def run(self, tar: tarfile.TarFile, members: Iterator[tarfile.TarInfo]) -> Loaded:
         head, store = self.head, self.store
         present = _present(store, self.ref, head)  # raises Conflict before anything is written
-        image_there = self.images is not None and head.image is not None and self.images.has(head.image.id)
+        # no Images (the caller leaves the image out) reads as "there": nothing of it is staged or loaded
+        image_there = self.images is None or (head.image is not None and self.images.has(head.image.id))
         staged = self._staged()
         self.skip_weights = present is not None  # the store has these very files: no need to copy them
         need = bm.remaining_bytes(head, staged, image_there)
@@ -152,7 +154,7 @@ class _Loader:
             }
         )
         seal = self._receive(tar, members, staged, kept, received)
-        self._check_image_parts(seal, staged)
+        self._check_all_there(seal, staged)
         if head.image is not None and self.images is not None:
             if not image_there:
                 self.images.load(_read_parts(self.staging, seal.image_parts))
@@ -173,7 +175,7 @@ class _Loader:
         wheel = self._keep_wheel()
         shutil.rmtree(self.staging, ignore_errors=True)
         image_loaded = head.image is not None and not image_there
-        return Loaded(model, wheel, head.image, image_loaded, kept, received)
+        return Loaded(model, wheel, head.image if self.images else None, image_loaded, kept, received)
 
     # -- members ---------------------------------------------------------------------------------------
     def _receive(
@@ -212,6 +214,9 @@ class _Loader:
                 )
             if self.skip_weights and name.startswith(bm.WEIGHTS):
                 self.progress({"event": "member", "path": name, "size": info.size, "action": "present"})
+                continue
+            if self.images is None and want is None:
+                self.progress({"event": "member", "path": name, "size": info.size, "action": "skipped"})
                 continue
             have = staged.get(name)
             if have is not None and (have == want or (want is None and have.size == info.size)):
@@ -285,8 +290,16 @@ class _Loader:
             member=name,
         )
 
-    def _check_image_parts(self, seal: bm.Seal, staged: dict[str, bm.Member]) -> None:
-        for part in seal.image_parts:
+    def _check_all_there(self, seal: bm.Seal, staged: dict[str, bm.Member]) -> None:
+        """Every member the manifest lists was in the stream (and matched); the image parts match the seal."""
+        for m in self.head.members:
+            if m.path not in staged and not (self.skip_weights and m.path.startswith(bm.WEIGHTS)):
+                raise bm.BundleError(
+                    f"bundle member {m.path} is listed in the manifest but was not in the stream",
+                    bm.TAMPERED_HINT,
+                    member=m.path,
+                )
+        for part in seal.image_parts if self.images is not None else ():
             have = staged.get(part.path)
             if have is None:
                 raise bm.BundleError(

@@ -98,6 +98,10 @@ def load(
         str, typer.Argument(metavar="FILE", help="A bundle from `llmdock bundle`; '-' for stdin.")
     ],
     models_dir: ModelsDir = None,
+    no_image: Annotated[
+        bool,
+        typer.Option("--no-image", help="Leave the image out (a host without Docker: the local runtime)."),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Progress and the result as JSON lines.")] = False,
 ) -> None:
     """Verify a bundle, then load its image and register its model; resumes a partial copy.
@@ -116,7 +120,7 @@ def load(
             stream,
             seekable=seekable,
             wheels_dir=settings.load().home / "wheels",
-            images=_docker_images,
+            images=None if no_image else _docker_images,
             progress=say,
         )
     if json_out:
