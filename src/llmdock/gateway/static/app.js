@@ -182,18 +182,23 @@ function drawDeployments() {
 
 function deploymentRow(d) {
   const running = d.state === "running";
-  let state = el("span", { class: "badge " + (running ? "ok" : d.exit_code ? "bad" : ""), text: d.state + (d.exit_code ? " (" + d.exit_code + ")" : "") });
-  if (!running && !d.exit_code && d.state === "exited") state = el("span", { class: "badge", text: t("dep.stopped") });
+  const last = S.phases[d.name];
+  const stopped = !running && ["stopped", "idle-stopped"].includes(last);
+  const code = d.state === "exited" && d.exit_code !== null ? " (" + d.exit_code + ")" : "";
+  const state = stopped
+    ? el("span", { class: "badge", text: t("dep.stopped") })
+    : el("span", { class: "badge " + (running ? "ok" : "bad"), text: d.state + code });
   let phase;
-  if (d.healthy) phase = el("span", { class: "badge ok", text: t("dep.ready") });
-  else if (running) phase = el("span", { class: "badge warn", text: S.phases[d.name] || t("dep.starting") });
+  if (d.healthy && running) phase = el("span", { class: "badge ok", text: t("dep.ready") });
+  else if (running) phase = el("span", { class: "badge warn", text: last || t("dep.starting") });
+  else if (last === "failed") phase = el("span", { class: "badge bad", text: last });
   else phase = el("span", { class: "muted", text: "—" });
   const model = d.group || d.name;
   const url = el(
     "td",
     {},
     el("code", { text: location.origin + "/v1" }),
-    el("div", { class: "muted", text: t("dep.model") + " " + model + (d.port ? " · engine http://127.0.0.1:" + d.port + "/v1" : "") })
+    el("div", { class: "muted", text: t("dep.model") + " " + model + (d.port ? " · " + t("dep.engine_url") + " http://127.0.0.1:" + d.port + "/v1" : "") })
   );
   const act = (action, label, cls) => el("button", { class: "small " + (cls || ""), data: { action }, text: t(label), onclick: () => lifecycle(action, d) });
   return el(
@@ -385,6 +390,7 @@ async function sendChat(ev) {
         const delta = event.choices && event.choices[0] && event.choices[0].delta;
         if (delta && delta.content) {
           answer.textContent += delta.content;
+          answer.parentElement.dataset.chunks = Number(answer.parentElement.dataset.chunks || 0) + 1;
           log.scrollTop = log.scrollHeight;
         }
         if (event.usage) $("chat-usage").textContent = t("chat.usage", { prompt: event.usage.prompt_tokens, completion: event.usage.completion_tokens });
@@ -614,6 +620,7 @@ async function startPlanned() {
 // ---- start ---------------------------------------------------------------------------------------
 function redraw() {
   translate();
+  $("status").hidden = true; // a notice in the other language
   if (S.page === "deployments") drawDeployments();
   if (S.page === "gpus") drawGpus();
   if (S.page === "keys") drawKeys();
