@@ -9,7 +9,9 @@ two). What this module adds is policy, in a subclass of uvicorn's h11 protocol t
 - deadlines that uvicorn does not have: the request head (408), the body (408), a connection that never
   sends a request (closed), and a client that stops reading an answer (aborted, which cancels the
   handler and so the engine's request). One sweeper checks every connection twice a second;
-- h11's refusals (431 header size, 501 transfer coding, 400 for the rest) as error envelopes.
+- h11's refusals (431 header size, 501 transfer coding, 400 for the rest) as error envelopes;
+- one socket write per loop iteration (:class:`Coalescing`): uvicorn writes an answer's head and body
+  with two ``write`` calls, each a syscall and a wake-up of the client; they now leave together.
 
 Example::
 
@@ -81,6 +83,45 @@ class Guard:
         transport.close()
 
 
+class Coalescing:
+    """A transport whose writes within one turn of the event loop reach the socket as one ``write``.
+
+    Bytes are neither reordered nor held past the current turn (the flush is the next callback), and
+    HTTP framing is untouched: two SSE events that arrive in one turn keep their own chunk each and
+    share a syscall. ``close`` flushes first; ``abort`` drops what is pending, as the real one does.
+    """
+
+    __slots__ = ("loop", "parts", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self.parts:
+            self.loop.call_soon(self.flush)
+        self.parts.append(data)
+
+    def flush(self) -> None:
+        parts, self.parts = self.parts, []
+        if parts and not self.transport.is_closing():
+            self.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.parts = []
+        self.transport.abort()
+
+    def __getattr__(self, name: str) -> Any:  # is_closing, get_extra_info, pause_reading, …
+        return getattr(self.transport, name)
+
+
 class GuardedProtocol(H11Protocol):
     """uvicorn's h11 protocol with the gateway's caps and deadlines (see the module docstring)."""
 
@@ -112,7 +153,7 @@ class GuardedProtocol(H11Protocol):
         self.counted = True
         guard.count += 1
         guard.per_ip[self.ip] = guard.per_ip.get(self.ip, 0) + 1
-        super().connection_made(transport)
+        super().connection_made(Coalescing(transport))  # type: ignore[arg-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.counted:
