@@ -13,8 +13,9 @@ checked as ``up`` checks them.
 
 Example::
 
-    kp = plan_cluster(spec, facts=facts, model_path="modelscope/Qwen/Qwen3-8B@master", engine_version=None,
-                      image="vllm/vllm-openai:v0.11.0", node_gpus=assume_gpus("8x80GiB"))
+    spec, notes = for_cluster(DeploymentSpec.create("Qwen/Qwen3-8B"), "vllm/vllm-openai:v0.11.0")
+    kp = plan_cluster(spec, Cluster(assume_gpus("8x80GiB"), spec.image or ""), facts=facts,
+                      model_path="modelscope/Qwen/Qwen3-8B@master")
     kp.plan.argv  # ['vllm', 'serve', '/work/Qwen3-8B@master', '--port', '8000', '--host', '0.0.0.0', ...]
 """
 
@@ -48,7 +49,7 @@ class ClusterPlan:
     gpus_per_pod: int
     model_sub_path: str  # where the weights lie inside the models volume
     weight_bytes: int | None  # None: unknown here (the volume size and start-up budget are defaults)
-    spec_hash: str  # of the spec as the user gave it (with its image), as `up` labels it
+    spec_hash: str  # of the spec as the pod runs it (after for_cluster), an annotation
     notes: tuple[str, ...] = ()
 
     @property
