@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +19,7 @@ from llmdock.gateway.keystore import KeyStore
 from llmdock.gateway.quotas import Quota
 from llmdock.state import Store
 from tests.conftest import cli
+from tests.integration.test_gateway_proxy import wait_for
 from tests.support.gateway import Served, serve
 from tests.support.upstream import Upstream, UpstreamThread
 
@@ -68,15 +69,6 @@ def refused(r: httpx.Response, code: str, says: str) -> int:
     assert error["type"] == "rate_limit_error" and error["code"] == code, error
     assert says in error["message"], error["message"]
     return int(r.headers["retry-after"])
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def utc_midnight_in(now: float) -> float:

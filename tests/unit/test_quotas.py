@@ -25,8 +25,8 @@ from llmdock.gateway.quotas import (
 from llmdock.state import Store
 
 
-def utc(*args: int) -> float:
-    return datetime(*args, tzinfo=timezone.utc).timestamp()  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
+    return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc).timestamp()
 
 
 @pytest.mark.parametrize(
