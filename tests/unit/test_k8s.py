@@ -179,6 +179,34 @@ def test_secrets_come_from_a_secret_never_the_manifest() -> None:
     assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
 
 
+@pytest.mark.parametrize(
+    ("spec", "requests", "limits"),
+    [
+        ({}, None, {"nvidia.com/gpu": 1}),
+        ({"gpus": "4"}, None, {"nvidia.com/gpu": 4}),
+        # vLLM on the CPU: what the plan sized (weights + --kv-cache-space + engine), shm on top
+        ({"gpus": "none", "kv_cache_space": 4}, {"cpu": "2", "memory": "21Gi"}, {"memory": "23Gi"}),
+        # transformers on the CPU (no planner of its own): the weights and 2 GiB
+        ({"gpus": "none", "engine": "transformers"}, {"cpu": "2", "memory": "17Gi"}, {"memory": "19Gi"}),
+    ],
+)
+def test_resources(spec: dict[str, Any], requests: dict[str, str] | None, limits: dict[str, Any]) -> None:
+    shape = Shape({"model": "Qwen/Qwen2.5-7B-Instruct", "name": "q", **spec}, "Qwen--Qwen2.5-7B-Instruct")
+    (pod,) = pod_specs(shape.docs())
+    assert pod["containers"][0]["resources"] == ({"requests": requests} if requests else {}) | {
+        "limits": limits
+    }
+
+
+def test_an_explicit_port_is_the_engines_the_containers_and_the_services() -> None:
+    shape = replace(SHAPES["tp8"], spec={**SHAPES["tp8"].spec, "port": "8001"})
+    kp = shape.plan()
+    docs = by_kind(manifests(kp))
+    (c,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert c["args"][c["args"].index("--port") + 1] == "8001"
+    assert c["ports"][0]["containerPort"] == 8001 and docs["Service"]["spec"]["ports"][0]["port"] == 8001
+
+
 def test_replicas_share_the_models_claim() -> None:
     shape = replace(SHAPES["single-gpu"], spec={**SHAPES["single-gpu"].spec, "replicas": 3})
     kinds = by_kind(shape.docs())

@@ -190,8 +190,11 @@ def resources(kp: ClusterPlan) -> dict[str, Any]:
     if kp.gpus_per_pod:
         return {"limits": {"nvidia.com/gpu": kp.gpus_per_pod}}
     fit = kp.plan.cpu_fit
-    kv = int(kp.plan.container.env.get("VLLM_CPU_KVCACHE_SPACE", "1"))
-    need = math.ceil(fit.need / GiB) if fit else kv + 2  # unknown weights: the KV budget and the engine
+    if fit is not None:  # vLLM on the CPU: weights, KV budget and engine, as the plan sized them
+        need = math.ceil(fit.need / GiB)
+    else:  # the weights (4 GiB when unknown here), a KV budget if one is set, 2 GiB for the engine
+        kv = int(kp.plan.container.env.get("VLLM_CPU_KVCACHE_SPACE", "0"))
+        need = (math.ceil(kp.weight_bytes / GiB) if kp.weight_bytes else 4) + kv + 2
     shm = int(CPU_SHM.removesuffix("Gi"))  # a memory-backed emptyDir counts against the limit
     return {
         "requests": {"cpu": "2", "memory": f"{need}Gi"},
