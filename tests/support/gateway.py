@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 
 @dataclass
 class Served:
@@ -22,6 +24,17 @@ class Served:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, key: str | None = None, timeout: float = 10) -> None:
+        """Poll ``/v1/models`` until a model is ready (the first health probe has run), or fail."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        deadline = time.monotonic() + timeout
+        while True:
+            r = httpx.get(self.url + "/v1/models", headers=headers)
+            if any(m["llmdock"]["ready"] for m in r.json()["data"]):
+                return
+            assert time.monotonic() < deadline, f"no model ready after {timeout:g}s: {r.text}"
+            time.sleep(0.05)
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
