@@ -255,3 +255,18 @@ def test_a_waiter_that_leaves_gives_its_turn_away() -> None:
         assert gate.active == 4  # the holder, the two woken, and this one
 
     asyncio.run(go())
+
+
+def test_a_deployments_engine_flags_set_its_bound() -> None:
+    from llmdock.gateway.supervisor import DockerSource
+    from llmdock.runtimes.base import Deployment
+
+    class Listing:
+        def deployments(self) -> list[Deployment]:
+            return [
+                Deployment("small", "running", port=8001, spec={"extra_args": ["--max-num-seqs", "16"]}),
+                Deployment("plain", "running", port=8002, spec={}),
+            ]
+
+    bounds = {t.deployment: t.concurrency for t in DockerSource(Listing()).targets()}
+    assert bounds == {"small": 16, "plain": None}

@@ -18,8 +18,11 @@ and its last request may take it over: by at most what its requests in flight us
 
 The day and month totals survive a restart: they are the sums of the ``usage`` table (per key, model and
 minute; the gateway writes it once a second, and on shutdown), read back when the gateway starts. A
-gateway killed outright (SIGKILL, power loss) loses at most the last second of usage; SIGTERM/SIGINT
-lose nothing. The minute windows start empty after a restart.
+gateway killed outright (SIGKILL, power loss) loses at most the last second of usage (longer only while
+another writer holds the database locked: the batch is kept and retried); SIGTERM/SIGINT lose nothing.
+The minute windows and the count in flight start empty after a restart. Counting happens in the
+gateway process: two gateways on one state database each count their own requests since they started
+(on top of what the database held then).
 
 Checks cost a few dict and deque operations on the event loop thread; nothing here touches SQLite.
 
