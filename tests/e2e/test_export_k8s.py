@@ -75,6 +75,28 @@ def test_one_entry_on_stdout_and_a_model_bigger_than_a_node_on_two(spec_file: Pa
     assert "tensor parallel 8, pipeline parallel 2 over Ray" in stderr
 
 
+def test_a_hub_model_the_hub_cannot_tell_about_is_planned_with_defaults(home: Path, tmp_path: Path) -> None:
+    f = tmp_path / "hub.yaml"
+    f.write_text("deployments:\n  - name: hub\n    model: Qwen/Qwen3-8B\n")
+    closed = "http://127.0.0.1:9"  # the discard port: nothing listens, the connection is refused at once
+    done = cli(
+        "export",
+        "k8s",
+        "-f",
+        str(f),
+        env={"LLMDOCK_DOCKER_HOST": NO_DOCKER, "MODELSCOPE_ENDPOINT": closed, "HF_ENDPOINT": closed},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "cannot reach ModelScope" in done.stderr and "planned without their facts" in done.stderr
+    claim, deployment, _ = yaml.safe_load_all(done.stdout)
+    assert claim["spec"]["resources"]["requests"]["storage"] == "100Gi"
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert (
+        container["volumeMounts"][0]["subPath"] == "modelscope/Qwen/Qwen3-8B@master"
+    )  # where `pull` puts it
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] == 1800
+
+
 def test_a_deployment_known_to_the_state_db_is_exported_by_name(home: Path, tmp_path: Path) -> None:
     from llmdock.spec import DeploymentSpec
     from llmdock.state import Store
