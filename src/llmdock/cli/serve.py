@@ -300,7 +300,7 @@ def keys_ls(json_out: Json = False) -> None:
         table.add_row(
             k.name,
             k.prefix + "…",
-            ",".join(k.models) or "all",
+            (",".join(k.models) or "all") if k.admin or "api" in k.scopes else "-",
             "admin" if k.admin else ",".join(k.scopes),
             _used(today, q.tokens_per_day),
             _used(month, q.tokens_per_month),
