@@ -143,6 +143,12 @@ def test_bad_input_is_one_line_and_writes_nothing(
     assert not out.exists() and stdout == ""
 
 
+def test_a_folder_that_cannot_be_made_is_one_line(spec_file: Path) -> None:
+    code, stdout, stderr = export("-f", str(spec_file), "-o", str(spec_file / "k8s"))  # under a file
+    assert code == 1 and f"error: cannot write to {spec_file / 'k8s'}: Not a directory" in stderr, stderr
+    assert stderr.splitlines()[-1] == "hint: give -o a folder you can write" and stdout == ""
+
+
 def test_export_without_k8s_still_writes_the_apply_file(home: Path) -> None:
     done = cli("export", env={"LLMDOCK_DOCKER_HOST": NO_DOCKER})
     assert done.returncode == 0, done.stderr
