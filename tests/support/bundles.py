@@ -19,7 +19,9 @@ Member = tuple[tarfile.TarInfo, bytes]
 
 
 def members(bundle: bytes) -> list[Member]:
-    out = []
+    out: list[Member] = []
+    if not bundle:
+        return out
     with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:") as tar:
         for info in tar:
             f = tar.extractfile(info)

@@ -239,3 +239,42 @@ def test_the_image_can_be_left_out(bundle: bytes, target: ModelStore, tmp_path: 
     done = load_bundle(target, io.BytesIO(bundle), seekable=True, wheels_dir=tmp_path / "w", images=None)
     assert done.image is None and not done.image_loaded and done.model.status == "verified"
     assert not any(n.startswith("image/") for n in done.received)
+
+
+def test_each_bundle_stages_apart_and_a_newer_one_drops_the_older(
+    source: ModelStore, wheel: Path, target: ModelStore, tmp_path: Path
+) -> None:
+    def write() -> bytes:
+        out = io.BytesIO()
+        write_bundle(
+            source, "tiny/model", out, wheel=wheel, image=IMAGE, images=MemoryImages({IMAGE: IMAGE_BYTES})
+        )
+        return out.getvalue()
+
+    older, newer = write(), write()
+    assert bundles.members(older)[0][1] != bundles.members(newer)[0][1]  # their own bundle_id
+    with pytest.raises(IntegrityError):
+        load(target, older[: bundles.offset_of(older, bm.SEAL) - 512], MemoryImages(), tmp_path)
+    assert len(list((target.root / ".staging").glob("bundle-*"))) == 1
+    done = load(target, newer, MemoryImages(), tmp_path)
+    assert done.kept == [] and done.model.status == "verified"
+    assert list((target.root / ".staging").glob("bundle-*")) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"", "not a tar stream"),
+        (b"not a tar at all" * 100, "not a tar stream"),
+        (
+            bundles.rebuild(b"", lambda _: [bundles.entry("config.json", b"{}")]),
+            "its first member is 'config.json'",
+        ),
+    ],
+    ids=["empty", "garbage", "other-tar"],
+)
+def test_what_is_not_a_bundle_is_refused(data: bytes, says: str, target: ModelStore, tmp_path: Path) -> None:
+    with pytest.raises(IntegrityError) as e:
+        load(target, data, MemoryImages(), tmp_path)
+    assert says in e.value.message and "llmdock bundle" in e.value.hint
+    assert not target.root.exists()

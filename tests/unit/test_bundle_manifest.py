@@ -28,7 +28,7 @@ MODEL = bm.ModelInfo("modelscope", "tiny/model", "master", "c" * 40, FILES)
 
 
 def head(image: bm.ImageInfo | None = IMAGE) -> bm.Head:
-    return bm.build_head(MODEL, image=image, wheel=WHEEL, llmdock_version="0.1.0")
+    return bm.build_head(MODEL, image=image, wheel=WHEEL, llmdock_version="0.1.0", bundle_id="b" * 32)
 
 
 def raw(h: bm.Head, **change: Any) -> bytes:

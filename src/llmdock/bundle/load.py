@@ -121,6 +121,7 @@ class _Loader:
     def run(self, tar: tarfile.TarFile, members: Iterator[tarfile.TarInfo]) -> Loaded:
         head, store = self.head, self.store
         present = _present(store, self.ref, head)  # raises Conflict before anything is written
+        self._drop_other_bundles()
         # no Images (the caller leaves the image out) reads as "there": nothing of it is staged or loaded
         image_there = self.images is None or (head.image is not None and self.images.has(head.image.id))
         staged = self._staged()
@@ -316,6 +317,19 @@ class _Loader:
             (self.staging / extra).unlink(missing_ok=True)  # from an earlier, different copy
 
     # -- staging progress ------------------------------------------------------------------------------
+    def _drop_other_bundles(self) -> None:
+        """Another bundle of this model staged before is given up: this one registers the model (and
+        their image parts could never be mixed with these). We hold the model's lock."""
+        for other in (self.store.root / ".staging").glob("bundle-*"):
+            if other == self.staging:
+                continue
+            try:
+                model = json.loads((other / PROGRESS_FILE).read_text()).get("model")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if model == self.head.model.key:
+                shutil.rmtree(other, ignore_errors=True)
+
     def _staged(self) -> dict[str, bm.Member]:
         try:
             raw = json.loads((self.staging / PROGRESS_FILE).read_text())
@@ -329,7 +343,7 @@ class _Loader:
         }
 
     def _save(self, staged: dict[str, bm.Member]) -> None:
-        text = json.dumps({"members": [asdict(m) for m in staged.values()]})
+        text = json.dumps({"model": self.head.model.key, "members": [asdict(m) for m in staged.values()]})
         manifest.write_atomic(self.staging / PROGRESS_FILE, text)
 
     # -- the end ---------------------------------------------------------------------------------------

@@ -18,6 +18,11 @@ into bounded parts (one part in memory at a time, never the whole image, no temp
 the image) and hashed while written, and the seal that closes the stream lists them and binds them to
 the head by its sha256. A bundle without its seal is incomplete, never valid.
 
+Every head carries a random ``bundle_id``, so two bundles of one model never share a staging directory
+on the loading side: resuming is for the same file (a copy completed later, a load interrupted), and
+``docker save`` of the same image is not byte-for-byte the same twice, so parts of two bundles must not
+mix. A load of a newer bundle of a model drops what an older one left in staging.
+
 Example::
 
     head = build_head(model, image=ImageInfo("llmdock/engine:cpu", "sha256:…", 123), wheel=member,
@@ -106,6 +111,7 @@ class Head:
     llmdock_version: str
     members: tuple[Member, ...]
     created_at: str = ""
+    bundle_id: str = ""  # unique per bundle written: its staging directory is its own (see load)
     format: str = FORMAT
     version: int = VERSION
 
@@ -139,11 +145,23 @@ def image_part(index: int) -> str:
 
 
 def build_head(
-    model: ModelInfo, *, image: ImageInfo | None, wheel: Member, llmdock_version: str, created_at: str = ""
+    model: ModelInfo,
+    *,
+    image: ImageInfo | None,
+    wheel: Member,
+    llmdock_version: str,
+    created_at: str = "",
+    bundle_id: str | None = None,
 ) -> Head:
-    """The head for ``model`` (files as the store verified them), ``image`` and the llmdock wheel."""
+    """The head for ``model`` (files as the store verified them), ``image`` and the llmdock wheel.
+
+    ``bundle_id`` (default: random) makes every bundle's head, and so its staging directory, its own:
+    ``docker save`` is not byte-for-byte repeatable, so image parts of two bundles must never mix."""
+    import uuid
+
     members = (wheel, *(Member(weight_member(f.path), f.size, f.sha256) for f in model.files))
-    head = Head(model, image, wheel.path, llmdock_version, members, created_at)
+    bid = uuid.uuid4().hex if bundle_id is None else bundle_id
+    head = Head(model, image, wheel.path, llmdock_version, members, created_at, bid)
     return check_head(head.to_json().encode())  # what we write is what a loader accepts
 
 
@@ -204,6 +222,7 @@ def check_head(raw: bytes) -> Head:
             str(data["llmdock_version"]),
             members,
             str(data.get("created_at", "")),
+            str(data.get("bundle_id", "")),
         )
     except BundleError:
         raise

@@ -85,8 +85,8 @@ def bundle(
             os.dup2(null, sys.stdout.fileno())  # the interpreter's last flush of stdout must not fail too
             raise LlmdockError(
                 "the command reading the bundle from stdout went away before the end",
-                "check the other side of the pipe (e.g. `ssh HOST llmdock load -`'s error); run the same bundle "
-                "again and `llmdock load` resumes from what it verified",
+                "check the other side of the pipe (e.g. what `ssh HOST llmdock load -` said), then run the pipe "
+                "again; to resume a long transfer instead, write to a file (-o FILE), copy it, and load that",
             ) from None
     where = "stdout" if output == "-" else output
     image_text = f", image {head.image.name} ({head.image.id[:19]})" if head.image else ""
