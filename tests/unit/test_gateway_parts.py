@@ -12,9 +12,9 @@ from llmdock.errors import Conflict, InvalidSpec, LlmdockError, NotFound
 from llmdock.gateway import wire
 from llmdock.gateway.app import check_exposure, is_loopback
 from llmdock.gateway.keys import Authenticator, KeyRecord, digest, generate
-from llmdock.gateway.quotas import Quota
 from llmdock.gateway.keystore import KeyStore, Usage, parse_duration
 from llmdock.gateway.metrics import Metrics
+from llmdock.gateway.quotas import Quota
 from llmdock.gateway.routing import Policy, RouteTable, Target, parse_base, pick
 from llmdock.gateway.sse import UsageMeter, strip_usage_event
 from llmdock.gateway.supervisor import MAX_RESTARTS, Backoff, backoff_after, due_restart
