@@ -278,3 +278,32 @@ def test_what_is_not_a_bundle_is_refused(data: bytes, says: str, target: ModelSt
         load(target, data, MemoryImages(), tmp_path)
     assert says in e.value.message and "llmdock bundle" in e.value.hint
     assert not target.root.exists()
+
+
+@pytest.mark.parametrize("where", ["same disk", "other disk"])
+def test_dockers_disk_is_counted_for_the_image(bundle: bytes, tmp_path: Path, where: str) -> None:
+    """Docker's data root takes the image again on `docker load`: counted with the staging on one disk,
+    checked on its own on another (/proc: a directory on another filesystem on every Linux)."""
+    root = Path("/proc")
+    if where == "same disk":
+        root = tmp_path / "docker-root"
+        root.mkdir()
+    staged_need = len(IMAGE_BYTES) + 400_000  # the image parts plus the weights and more: fits alone
+
+    def probe(path: Path) -> disk.DiskFacts:
+        free = 1000 if path == Path("/proc") else staged_need
+        return disk.DiskFacts(path if path.exists() else tmp_path, free=free, on_root_fs=False)
+
+    store = ModelStore(tmp_path / "models", reserve=0, probe=probe)
+    with pytest.raises(InsufficientSpace) as e:
+        load(store, bundle, MemoryImages(root=root), tmp_path)
+    says = (
+        "then loaded into Docker on the same disk"
+        if where == "same disk"
+        else f"`docker load` of image {IMAGE}"
+    )
+    assert says in e.value.message and "nothing was written" in e.value.hint
+    assert not (store.root / ".staging").exists()
+    assert (
+        load(store, bundle, MemoryImages(), tmp_path).model.status == "verified"
+    )  # no data root: models disk only

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 from llmdock.bundle.manifest import ImageInfo
@@ -30,6 +31,10 @@ class Images(Protocol):
 
     def load(self, data: Iterable[bytes]) -> None:
         """``docker load`` of a ``docker save`` stream."""
+        ...
+
+    def data_root(self) -> Path | None:
+        """Where the daemon keeps images, when that is a directory on this machine (else None)."""
         ...
 
 
@@ -80,13 +85,26 @@ class DockerImages:
         except _errors() as e:
             raise _translate(e, "`docker load`") from e
 
+    def data_root(self) -> Path | None:
+        import os
+
+        try:
+            root = self.client.info().get("DockerRootDir")
+        except _errors():
+            return None
+        host = os.environ.get("DOCKER_HOST", "")
+        if not root or (host and not host.startswith("unix://")) or not Path(root).is_dir():
+            return None  # a remote daemon, or one whose root this user cannot see
+        return Path(root)
+
 
 class MemoryImages:
     """Images in a dict, for unit tests: ``{name: bytes}``; the ID is the sha256 of the bytes."""
 
-    def __init__(self, images: dict[str, bytes] | None = None) -> None:
+    def __init__(self, images: dict[str, bytes] | None = None, root: Path | None = None) -> None:
         self.images = dict(images or {})
         self.loaded: list[bytes] = []
+        self.root = root
 
     def inspect(self, name: str) -> ImageInfo:
         if name not in self.images:
@@ -107,6 +125,9 @@ class MemoryImages:
         blob = b"".join(data)
         self.loaded.append(blob)
         self.images[f"loaded-{len(self.loaded)}"] = blob
+
+    def data_root(self) -> Path | None:
+        return self.root
 
 
 def _tag(image: Any, name: str) -> str:

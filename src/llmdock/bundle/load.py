@@ -131,16 +131,7 @@ class _Loader:
             need -= sum(
                 m.size for m in head.members if m.path.startswith(bm.WEIGHTS) and m.path not in staged
             )
-        disk.check_space(
-            need,
-            store.probe(store.root),
-            store.reserve,
-            what=f"loading this bundle (model {head.model.key}"
-            + (f", image {head.image.name}" if head.image and not image_there else "")
-            + ")",
-            hint="free some space on the models disk, or load into a bigger one with --models-dir "
-            "(or LLMDOCK_MODELS_DIR); nothing was written",
-        )
+        self._check_space(need, image_there)
         self.staging.mkdir(parents=True, exist_ok=True)
         kept: list[str] = []
         received: list[str] = []
@@ -177,6 +168,37 @@ class _Loader:
         shutil.rmtree(self.staging, ignore_errors=True)
         image_loaded = head.image is not None and not image_there
         return Loaded(model, wheel, head.image if self.images else None, image_loaded, kept, received)
+
+    def _check_space(self, need: int, image_there: bool) -> None:
+        """The models disk takes what is left to stage; Docker's data root (when it is a directory here)
+        takes the image once more on `docker load` — both at once when they are one filesystem."""
+        head, store = self.head, self.store
+        models = store.probe(store.root)
+        name = head.image.name if head.image is not None else ""
+        image = head.image.size if head.image is not None and not image_there else 0
+        root = self.images.data_root() if image and self.images is not None else None
+        docker = store.probe(root) if root is not None else None
+        same = docker is not None and os.stat(docker.path).st_dev == os.stat(models.path).st_dev
+        disk.check_space(
+            need + (image if same else 0),
+            models,
+            store.reserve,
+            what=f"loading this bundle (model {head.model.key}"
+            + (f", image {name}" if image else "")
+            + (" staged, then loaded into Docker on the same disk" if same else "")
+            + ")",
+            hint="free some space on the models disk, or load into a bigger one with --models-dir "
+            "(or LLMDOCK_MODELS_DIR); nothing was written",
+        )
+        if docker is not None and not same:
+            disk.check_space(
+                image,
+                docker,
+                store.reserve,
+                what=f"`docker load` of image {name}",
+                hint="free space where Docker keeps images (`docker system df`, `docker image prune`); "
+                "nothing was written",
+            )
 
     # -- members ---------------------------------------------------------------------------------------
     def _receive(
