@@ -235,3 +235,24 @@ def test_limits_change_in_place_from_the_cli_and_the_admin_api(
         assert r.status_code == 200 and r.json()["tokens_per_day"] is None and r.json()["tpm"] == 500
         assert wait_for(lambda: chat(gw, made).status_code == 200)
         assert c.patch(gw.url + "/admin/v1/keys/nobody", json={"rpm": 1}, headers=auth).status_code == 404
+
+
+def test_apply_carries_quotas_through_the_cli(home: Path, tmp_path: Path) -> None:
+    import yaml
+
+    nodocker = {"LLMDOCK_DOCKER_HOST": "unix:///nonexistent"}  # keys only: no deployment to list
+    f = tmp_path / "llmdock.yaml"
+    f.write_text(
+        "keys:\n  - name: team\n    rpm: 60\n    tokens_per_day: 1000\n  - name: prom\n    scopes: [metrics]\n"
+    )
+    first = cli("apply", "-f", str(f), env=nodocker)
+    assert first.returncode == 0 and "+ key team" in first.stdout and "+ key prom" in first.stdout, first
+    f.write_text(f.read_text().replace("rpm: 60", "max_concurrent: 2"))
+    second = cli("apply", "-f", str(f), env=nodocker)
+    assert "~ key team (rpm: 60 -> None; max_concurrent: None -> 2)" in second.stdout, second
+    assert "shown once" not in second.stderr  # changed in place: no new secret
+    keys = yaml.safe_load(cli("export", env=nodocker).stdout)["keys"]
+    assert keys == [
+        {"name": "prom", "scopes": ["metrics"]},
+        {"name": "team", "tokens_per_day": 1000, "max_concurrent": 2},
+    ]
