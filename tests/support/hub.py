@@ -83,6 +83,8 @@ class Faults:
     ignore_range: bool = False  # answer 200 with the whole file even when a Range is asked
     rate_per_connection: float = 0.0  # bytes/s cap on each response body, as CDNs apply (0: none)
     redirect: bool = False  # file GETs answer 302 to a signed /cdn/ URL (as HF and ModelScope do)
+    latency_s: float = 0.0  # every request waits this long before its answer (a round trip, where
+    # the kernel has no netem to delay packets)
 
 
 @dataclass
@@ -230,6 +232,8 @@ def _handler_for(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             url = urlsplit(self.path)
             path, query = unquote(url.path), {k: v[0] for k, v in parse_qs(url.query).items()}
             self.entry = hub.record(Request(self.command, path))
+            if hub.faults.latency_s:
+                time.sleep(hub.faults.latency_s)
             if m := _CDN_FILE.match(path):
                 entry = hub.repos.get(f"{m[1]}/{m[2]}", {}).get(m[3])
                 if entry is None or query.get("sig") != "ok":

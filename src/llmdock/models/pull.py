@@ -64,6 +64,7 @@ def pull(
     reached. Raises NotFound, HubError, InsufficientSpace, IntegrityError or InvalidSpec.
     """
     sources = ["modelscope", "huggingface"] if source == "auto" else [source]
+    transfer.warm_up()
     failures: list[HubError | NotFound] = []
     for s in sources:
         ref = parse_model_id(model_id, s, revision)

@@ -47,6 +47,33 @@ READ_TIMEOUT_S = 60.0
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
+_warm: threading.Thread | None = None
+_ssl: list[Any] = []  # the SSL context the warm-up built
+
+
+def warm_up() -> None:
+    """Import httpx/httpcore and build the SSL context in the background (about a second on a busy
+    machine), while the hub's SDK lists the files; :meth:`Transfer.run` waits for it."""
+    global _warm
+    if _warm is None:
+
+        def build() -> None:
+            import httpx
+
+            _ssl.append(httpx.create_ssl_context())
+            import httpcore  # noqa: F401  (httpx imports it lazily, at the first Client)
+
+        _warm = threading.Thread(target=build, name="llmdock-httpx-warm-up", daemon=True)
+        _warm.start()
+
+
+def _ssl_context() -> Any:
+    warm_up()
+    assert _warm is not None
+    _warm.join()
+    return _ssl[0] if _ssl else True
+
+
 class Cancelled(Exception):
     """A worker stops because the pull is being abandoned (a sibling failed, or Ctrl-C)."""
 
@@ -154,18 +181,26 @@ class _Job:
             rg.sidecar_path(self.part).unlink(missing_ok=True)
 
     # -- hashing -----------------------------------------------------------------------------------
-    def advance_hash(self, final: bool = False) -> None:
+    def advance_hash(self, final: bool = False, written: tuple[int, bytes | bytearray] | None = None) -> None:
         """Hash what is newly contiguous from the start. Whoever holds the hash lock does it; the
-        thread finishing the file waits for it (``final``) so nothing is left unhashed."""
+        thread finishing the file waits for it (``final``) so nothing is left unhashed.
+
+        ``written`` = (offset, bytes) just written: when they sit right at the hash cursor (the first
+        range, and every byte of a single-range file) they are hashed from memory, not read back.
+        """
         if not self.hash_lock.acquire(blocking=final):
             return
         try:
-            buf = memoryview(bytearray(READ_BLOCK))
+            if written is not None and written[0] == self.hashed:
+                self.hashers.update(written[1])
+                self.hashed += len(written[1])
+            buf: memoryview | None = None
             while True:
                 with self.lock:
                     upto = rg.contiguous(self.ranges)
                 if upto <= self.hashed:
                     return
+                buf = buf or memoryview(bytearray(READ_BLOCK))
                 while self.hashed < upto:
                     n = os.preadv(self.fd, [buf[: min(READ_BLOCK, upto - self.hashed)]], self.hashed)
                     if n <= 0:
@@ -243,6 +278,7 @@ class Transfer:
         import httpx
 
         client = self._client or httpx.Client(
+            verify=_ssl_context(),
             follow_redirects=True,
             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             limits=httpx.Limits(max_connections=self.connections, max_keepalive_connections=self.connections),
@@ -385,6 +421,7 @@ class Transfer:
         buf = bytearray()
 
         def flush() -> None:
+            nonlocal buf
             if not buf:
                 return
             if r.done + len(buf) > r.size:
@@ -393,11 +430,12 @@ class Transfer:
                     "the hub's listing and its file disagree; try again later or another --source",
                     files=[remote.path],
                 )
-            n = len(buf)
-            os.pwrite(job.fd, buf, r.pos)
-            buf.clear()
+            n, at, data = len(buf), r.pos, buf
+            _pwrite_all(job.fd, data, at)
+            buf = bytearray()
             with job.lock:
                 r.done += n
+            job.advance_hash(written=(at, data))
             done = job.done_bytes()
             self.progress({"event": "progress", "path": remote.path, "done": done, "size": remote.size,
                            "delta": n})  # fmt: skip
@@ -408,7 +446,6 @@ class Transfer:
                 if len(buf) >= WRITE_BLOCK:
                     flush()
                     job.save()
-                    job.advance_hash()
                     if self._stop.is_set():
                         raise Cancelled()
         finally:
@@ -444,6 +481,13 @@ class Transfer:
         job.part.replace(job.final)
         self.progress({"event": "file_done", "path": remote.path, "size": remote.size, "sha256": digest})
         self.on_done(FileRecord(remote.path, remote.size, digest, checked))
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def fetch_files(
