@@ -31,6 +31,7 @@ from llmdock.runtimes.multi import Member, Runtimes
 from llmdock.settings import Settings
 from llmdock.spec import DeploymentSpec
 from llmdock.state import Store
+from llmdock.states import Event
 from llmdock.weights import PullOptions, Weights, fetch, locate, read_facts
 
 if TYPE_CHECKING:
@@ -324,7 +325,9 @@ class Lifecycle:
             plan = self._plan_on(spec, spec.host or LOCAL, weights, strict=strict, **kwargs)
         else:
             plan = self._place(spec, [LOCAL, *remote], weights, strict=strict, **kwargs)
-        return replace(plan, problems=tuple(problems) + plan.problems, blocking=tuple(problems) + plan.blocking)
+        return replace(
+            plan, problems=tuple(problems) + plan.problems, blocking=tuple(problems) + plan.blocking
+        )
 
     def _place(
         self, spec: DeploymentSpec, hosts: list[str], weights: Weights, *, strict: bool, **kwargs: Any
@@ -372,7 +375,8 @@ class Lifecycle:
             return spec
         if spec.runtime != "docker":
             raise InvalidSpec(
-                f"--runtime {spec.runtime} runs on this host only", f"drop --host {host}, or use --runtime docker"
+                f"--runtime {spec.runtime} runs on this host only",
+                f"drop --host {host}, or use --runtime docker",
             )
         return dataclasses.replace(spec, expose=True)
 
@@ -455,7 +459,7 @@ class Lifecycle:
             if not existing.running:
                 self._check_gpus_free(existing)
                 self.runtimes.start(spec.name)
-                self.store.record(spec.name, "started")
+                self.store.record(spec.name, Event.STARTED)
                 action = "started"
             plan = self._plan_existing(spec, existing)
             return self._finish(UpResult(plan, action, existing), wait, timeout, on_phase)
@@ -471,13 +475,13 @@ class Lifecycle:
         action = "created"
         if existing is not None:
             self.runtimes.remove(spec.name, force=True)
-            self.store.record(spec.name, "replaced", existing.spec_hash)
+            self.store.record(spec.name, Event.REPLACED, existing.spec_hash)
             action = "replaced"
         if on_phase is not None:
             on_phase("creating the container" if spec.runtime == "docker" else "starting the engine process")
         dep = self.runtimes.named(member_key(spec.runtime, plan.host)).create(self._keyed(plan))
         self.store.save_deployment(spec.name, plan.spec.to_dict(), plan.spec_hash, runtime=spec.runtime)
-        self.store.record(spec.name, "created", plan.spec_hash)
+        self.store.record(spec.name, Event.CREATED, plan.spec_hash)
         return self._finish(UpResult(plan, action, dep), wait, timeout, on_phase)
 
     def _plan_existing(self, spec: DeploymentSpec, existing: Deployment) -> Plan:
@@ -501,7 +505,9 @@ class Lifecycle:
     def engine_auth(self, dep: Deployment) -> str:
         """What protects ``dep``'s engine from callers other than the gateway, in words (no key)."""
         if dep.host == LOCAL:
-            return "listens on this host" + (" only (loopback)" if not dep.spec.get("expose") else "'s every interface")
+            return "listens on this host" + (
+                " only (loopback)" if not dep.spec.get("expose") else "'s every interface"
+            )
         if self.keys.read(dep.name) is not None:
             return (
                 f"key-protected: the engine on {dep.host} checks an API key that only the gateway holds "
@@ -535,9 +541,9 @@ class Lifecycle:
         except EngineFailed as e:
             # Stop the restart policy from looping on a deterministic failure; keep the logs for the user.
             rt.stop(name, timeout=5)
-            self.store.record(name, "failed", e.message)
+            self.store.record(name, Event.FAILED, e.message)
             raise
-        self.store.record(name, "ready", f"{result.ready_after_s:.2f}s")
+        self.store.record(name, Event.READY, f"{result.ready_after_s:.2f}s")
         result.deployment = rt.get(name) or result.deployment
         return result
 
@@ -545,7 +551,7 @@ class Lifecycle:
         """Record a container found in Docker but missing from the store (e.g. after a lost database)."""
         if self.store.deployment(dep.name) is None and dep.spec:
             self.store.save_deployment(dep.name, dep.spec, dep.spec_hash, runtime=dep.runtime)
-            self.store.record(dep.name, "adopted")
+            self.store.record(dep.name, Event.ADOPTED)
 
     def _check_gpus_free(self, dep: Deployment) -> None:
         if dep.spec.get("share_gpus"):
@@ -613,7 +619,7 @@ class Lifecycle:
         for member in self.names(name):
             self.get(member)
             self.runtimes.stop(member, timeout=timeout)
-            self.store.record(member, "stopped")
+            self.store.record(member, Event.STOPPED)
 
     def start(
         self,
@@ -629,7 +635,7 @@ class Lifecycle:
             if not dep.running:
                 self._check_gpus_free(dep)
                 self.runtimes.start(dep.name)
-                self.store.record(dep.name, "started")
+                self.store.record(dep.name, Event.STARTED)
         waited = [self._wait(dep, wait, timeout, on_phase) for dep in deps]
         return None if None in waited else max(w for w in waited if w is not None)
 
@@ -673,7 +679,7 @@ class Lifecycle:
             self.runtimes.remove(dep.name, force=True)
             self.keys.remove(dep.name)
             self.store.delete_deployment(dep.name)
-            self.store.record(dep.name, "removed")
+            self.store.record(dep.name, Event.REMOVED)
 
     def inspect(self, name: str) -> dict[str, Any]:
         dep = self.get(name)

@@ -38,6 +38,7 @@ def test_up_chat_logs_stop_start_rm(home: Path, engine_image: str, tiny_model: P
     result = json.loads(up.stdout)
     assert result["action"] == "created" and result["ready_after_s"] > 0
     port, served = result["port"], result["served_model_name"]
+    assert ps()[name]["status"] == "ready"  # derived from Docker's "running" and the recorded "ready"
 
     reply = chat(port, served)
     assert reply.choices[0].finish_reason in ("length", "stop") and reply.usage.completion_tokens > 0
@@ -53,7 +54,7 @@ def test_up_chat_logs_stop_start_rm(home: Path, engine_image: str, tiny_model: P
     assert probe in everything and probe not in quiet and "/v1/chat/completions" in quiet
 
     assert cli("stop", name, "--timeout", "5").returncode == 0
-    assert ps()[name]["state"] == "exited"
+    assert ps()[name]["state"] == "exited" and ps()[name]["status"] == "stopped"
     narrow = cli("ps", env={"COLUMNS": "80"}).stdout
     assert f"{name} " in narrow and "stopped" in narrow and "exited (" not in narrow
     assert "…" not in narrow and str(tiny_model) in "".join(narrow.split())  # folded, not cut

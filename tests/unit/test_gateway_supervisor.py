@@ -12,6 +12,7 @@ import aiohttp
 from llmdock.gateway.metrics import Metrics
 from llmdock.gateway.routing import Policy, RouteTable, Target
 from llmdock.gateway.supervisor import Supervisor, SupervisorConfig
+from llmdock.states import Event
 
 
 class CountingSource:
@@ -35,7 +36,7 @@ class SlowController:
     def last_event(self, name: str) -> str | None:
         return None
 
-    def record(self, name: str, kind: str, detail: str = "") -> None:
+    def record(self, name: str, kind: Event, detail: str = "") -> None:
         pass
 
     def start(self, name: str) -> None:

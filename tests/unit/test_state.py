@@ -5,6 +5,7 @@ from pathlib import Path
 
 from llmdock.state import Store, migrate
 from llmdock.state.migrations import MIGRATIONS
+from llmdock.states import Event
 
 
 def test_migrate_empty_db_creates_schema_once() -> None:
@@ -27,8 +28,8 @@ def test_store_round_trip(tmp_path: Path) -> None:
     store.save_deployment("a", {"x": 1}, "h1")
     store.save_deployment("a", {"x": 2}, "h2")
     assert store.deployment("a") == {"spec": {"x": 2}, "spec_hash": "h2", "runtime": "docker"}
-    store.record("a", "created")
-    store.record("a", "ready", "1.0s")
+    store.record("a", Event.CREATED)
+    store.record("a", Event.READY, "1.0s")
     assert [k for _, k, _ in store.events("a")] == ["created", "ready"]
     store.save_engine_version("sha256:1", "vllm", "0.7.2")
     assert store.engine_version("sha256:1", "vllm") == "0.7.2"
@@ -55,11 +56,11 @@ def test_database_is_private_and_a_corrupt_one_is_a_clear_error(tmp_path: Path) 
 
 def test_health_marks_for_ps(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
-    store.record("a", "ready")
-    store.record("a", "unhealthy", "stopped answering")
-    store.record("b", "crashed")
-    store.record("b", "restarted")
-    store.record("b", "stopped")  # not a health event: the mark stays
-    store.record("c", "restarted")
-    store.record("c", "healthy")
+    store.record("a", Event.READY)
+    store.record("a", Event.UNHEALTHY, "stopped answering")
+    store.record("b", Event.CRASHED)
+    store.record("b", Event.RESTARTED)
+    store.record("b", Event.STOPPED)  # not a health event: the mark stays
+    store.record("c", Event.RESTARTED)
+    store.record("c", Event.HEALTHY)
     assert store.health() == {"a": ("unhealthy", 0), "b": ("restarted", 1), "c": ("healthy", 1)}

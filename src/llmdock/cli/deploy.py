@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from llmdock.states import Event, State
+
 if TYPE_CHECKING:
     from llmdock.lifecycle import Lifecycle, PullOptions
     from llmdock.runtimes.base import Deployment
@@ -251,7 +253,7 @@ def up(
         from llmdock.gateway.keystore import KeyStore
 
         KeyStore(lc.store).set_policy(spec.name, policy)
-        lc.store.record(spec.name, "policy", f"on_demand={on_demand} idle_stop={idle_stop}")
+        lc.store.record(spec.name, Event.POLICY, f"on_demand={on_demand} idle_stop={idle_stop}")
     from llmdock.cli.views import show_up
 
     show_up(result, json_out)
@@ -295,10 +297,7 @@ def split_env(values: list[str], runtime: str) -> tuple[list[str], str | None]:
     return [v for v in values if "=" in v], names[0]
 
 
-LIFECYCLE_EVENTS = ("created", "started", "stopped", "ready", "failed", "replaced", "adopted")
-
-
-def supervision(kinds: tuple[str, ...] | None = None) -> dict[str, tuple[str, int]]:
+def supervision(kinds: tuple[Event, ...] | None = None) -> dict[str, tuple[str, int]]:
     """Health marks `llmdock serve` recorded (latest event, restarts), if there is a state database;
     with ``kinds``, the latest event of those kinds instead."""
     from llmdock.errors import LlmdockError
@@ -315,11 +314,17 @@ def supervision(kinds: tuple[str, ...] | None = None) -> dict[str, tuple[str, in
         return {}
 
 
-def state_text(d: Deployment, last: str) -> str:
-    """``running``; ``stopped`` for one `llmdock stop` stopped; ``exited (1)`` for one that died."""
-    if d.state == "exited" and last == "stopped":
-        return "stopped"
-    return d.state + (f" ({d.exit_code})" if d.state == "exited" and d.exit_code is not None else "")
+def deployment_state(d: Deployment, lifecycle: str, health: str) -> State:
+    """The state ``ps`` shows, from Docker's and the recorded events (:func:`llmdock.states.derive`)."""
+    from llmdock.states import derive, event
+
+    return derive(d.state, d.exit_code, event(lifecycle), event(health))
+
+
+def state_text(state: State, d: Deployment) -> str:
+    """``ready``, ``starting``…; ``failed (1)`` with the exit code of one that died."""
+    code = f" ({d.exit_code})" if state is State.FAILED and d.exit_code is not None else ""
+    return f"{state}{code}"
 
 
 def ps(json_out: Json = False) -> None:
@@ -333,12 +338,20 @@ def ps(json_out: Json = False) -> None:
     rts = Runtimes(runtimes(load()))
     deps = rts.deployments()
     print_notes(rts.notes)
+    from llmdock.states import BAD_HEALTH, LIFECYCLE
+
     health = supervision()
-    last = supervision(LIFECYCLE_EVENTS)
+    last = supervision(LIFECYCLE)
+
+    def marks(d: Deployment) -> tuple[str, int, State]:
+        kind, restarts = health.get(d.name) or health.get(d.group) or ("", 0)
+        return kind, restarts, deployment_state(d, last.get(d.name, ("", 0))[0], kind)
+
     if json_out:
         rows = [{k: v for k, v in vars(d).items() if k != "spec"} for d in deps]
         for row, d in zip(rows, deps, strict=True):
-            kind, restarts = health.get(d.name) or health.get(d.group) or ("", 0)
+            kind, restarts, status = marks(d)
+            row["status"] = status.value  # "state" stays the runtime's own (running, exited…)
             row["health"], row["gateway_restarts"] = kind or None, restarts
         print_json(rows)
         return
@@ -347,10 +360,10 @@ def ps(json_out: Json = False) -> None:
         # Names and paths wrap instead of shrinking to "demo/big-mo…" on an 80-column terminal.
         table.add_column(col, overflow="fold", min_width=len(col) if col != "MODEL" else 12)
     for d in deps:
-        state = state_text(d, last.get(d.name, ("", 0))[0])
+        kind, restarts, status = marks(d)
+        state = state_text(status, d)
         state += " [red]crashed[/red]" if d.error else ""
-        kind, restarts = health.get(d.name) or health.get(d.group) or ("", 0)
-        if d.running and kind in ("unhealthy", "restart-failed", "gave-up"):
+        if d.running and kind in BAD_HEALTH and kind != status:
             state += f" [red]{kind}[/red]"
         state += f" [dim]restarted ×{restarts}[/dim]" if restarts else ""
         gpus = ",".join(map(str, d.gpus)) or "-"

@@ -48,6 +48,7 @@ from llmdock.gateway.supervisor import (
 from llmdock.gateway.wire import GatewayError, NotFoundPath, sse_error
 from llmdock.settings import Settings
 from llmdock.state import Store
+from llmdock.states import Event
 
 log = logging.getLogger("llmdock.gateway")
 FLUSH_S = 1.0
@@ -110,7 +111,7 @@ class LifecycleController:
         events = self.store.events(name, limit=1)
         return events[-1][1] if events else None
 
-    def record(self, name: str, kind: str, detail: str = "") -> None:
+    def record(self, name: str, kind: Event, detail: str = "") -> None:
         self.store.record(name, kind, detail)
 
     def start(self, name: str) -> None:

@@ -36,6 +36,7 @@ from llmdock.gateway.metrics import Metrics
 from llmdock.gateway.routing import STATIC_KEY, Policy, Replica, Route, RouteTable, Target, pick
 from llmdock.gateway.wire import NoReplica
 from llmdock.models.names import as_hub_id
+from llmdock.states import Event
 
 log = logging.getLogger("llmdock.gateway")
 T = TypeVar("T")
@@ -88,7 +89,7 @@ class Controller(Protocol):
 
     def crashed(self) -> list[tuple[str, str, int | None]]: ...  # (name, state, exit code) not running
     def last_event(self, name: str) -> str | None: ...
-    def record(self, name: str, kind: str, detail: str = "") -> None: ...
+    def record(self, name: str, kind: Event, detail: str = "") -> None: ...
     def start(self, name: str) -> None: ...
     def stop(self, name: str) -> None: ...
     def policies(self) -> dict[str, Policy]: ...
@@ -305,11 +306,11 @@ class Supervisor:
         if was and not ok and not replica.target.key.startswith(STATIC_KEY):
             self._unhealthy.add(replica.target.key)
             await self.read(
-                lambda c: c.record(name, "unhealthy", f"{base} stopped answering its health check")
+                lambda c: c.record(name, Event.UNHEALTHY, f"{base} stopped answering its health check")
             )
         elif ok and not was and replica.target.key in self._unhealthy:
             self._unhealthy.discard(replica.target.key)
-            await self.read(lambda c: c.record(name, "healthy", f"{base} answers again"))
+            await self.read(lambda c: c.record(name, Event.HEALTHY, f"{base} answers again"))
 
     async def reconcile(self) -> None:
         """Restart deployments that exited without being stopped, with exponential backoff."""
@@ -329,19 +330,19 @@ class Supervisor:
                 decision = due_restart(state, c.last_event(name), b, now)
                 if decision == "give-up":
                     b.gave_up = True
-                    c.record(name, "gave-up", f"crashed {b.attempts} times in a row; not restarting")
+                    c.record(name, Event.GAVE_UP, f"crashed {b.attempts} times in a row; not restarting")
                 elif decision == "restart":
                     b.attempts += 1
                     b.next_at = now + backoff_after(b.attempts)
                     c.record(
-                        name, "crashed", f"{state} with code {code}; restart {b.attempts} of {MAX_RESTARTS}"
+                        name, Event.CRASHED, f"{state} with code {code}; restart {b.attempts} of {MAX_RESTARTS}"
                     )
                     try:
                         c.start(name)
-                        c.record(name, "restarted", f"next backoff {backoff_after(b.attempts):g}s")
+                        c.record(name, Event.RESTARTED, f"next backoff {backoff_after(b.attempts):g}s")
                         self.metrics.restarts[(name,)] += 1
                     except Exception as e:
-                        c.record(name, "restart-failed", str(e))
+                        c.record(name, Event.RESTART_FAILED, str(e))
 
         await self.act(work)
 
@@ -400,9 +401,9 @@ class Supervisor:
 
 def _idle_stop(c: Controller, name: str, idle: float) -> None:
     c.stop(name)
-    c.record(name, "idle-stopped", f"no request for {idle:g}s")
+    c.record(name, Event.IDLE_STOPPED, f"no request for {idle:g}s")
 
 
 def _start(c: Controller, name: str) -> None:
-    c.record(name, "on-demand", "a request arrived")
+    c.record(name, Event.ON_DEMAND, "a request arrived")
     c.start(name)

@@ -10,6 +10,7 @@ from typing import Any
 
 from llmdock.errors import ConfigError
 from llmdock.state.migrations import MIGRATIONS
+from llmdock.states import HEALTH, Event
 
 
 def migrate(db: sqlite3.Connection) -> list[int]:
@@ -26,19 +27,6 @@ def migrate(db: sqlite3.Connection) -> list[int]:
             )
         applied.append(number)
     return applied
-
-
-# What the gateway's supervisor records about a deployment's health, latest wins (see ``ps``).
-HEALTH_EVENTS = (
-    "unhealthy",
-    "healthy",
-    "crashed",
-    "restarted",
-    "restart-failed",
-    "gave-up",
-    "ready",
-    "started",
-)
 
 
 class Store:
@@ -93,9 +81,10 @@ class Store:
     def delete_deployment(self, name: str) -> None:
         self.db.execute("DELETE FROM deployments WHERE name=?", (name,))
 
-    def record(self, name: str, kind: str, detail: str = "") -> None:
+    def record(self, name: str, kind: Event, detail: str = "") -> None:
         self.db.execute(
-            "INSERT INTO events(name, at, kind, detail) VALUES (?,?,?,?)", (name, time.time(), kind, detail)
+            "INSERT INTO events(name, at, kind, detail) VALUES (?,?,?,?)",
+            (name, time.time(), kind.value, detail),
         )
 
     def events(self, name: str, limit: int = 20) -> list[tuple[float, str, str]]:
@@ -104,14 +93,14 @@ class Store:
         ).fetchall()
         return [(float(a), str(k), str(d)) for a, k, d in reversed(rows)]
 
-    def health(self, kinds: tuple[str, ...] = HEALTH_EVENTS) -> dict[str, tuple[str, int]]:
+    def health(self, kinds: tuple[Event, ...] = HEALTH) -> dict[str, tuple[str, int]]:
         """Per deployment: the latest supervision event (``unhealthy``, ``healthy``, ``restarted``…)
         recorded by ``llmdock serve``, and how many restarts it made. For ``ps``."""
         marks = ",".join("?" * len(kinds))
         rows = self.db.execute(
             f"SELECT name, kind, (SELECT COUNT(*) FROM events r WHERE r.name = e.name AND r.kind = 'restarted') "
             f"FROM events e WHERE id IN (SELECT MAX(id) FROM events WHERE kind IN ({marks}) GROUP BY name)",
-            kinds,
+            [k.value for k in kinds],
         ).fetchall()
         return {str(n): (str(k), int(c)) for n, k, c in rows}
 
