@@ -35,7 +35,7 @@ def llmdock_wheel(dest: Path, given: Path | None = None) -> tuple[Path, str]:
     if given is not None:
         if not given.is_file() or not given.name.startswith("llmdock-") or given.suffix != ".whl":
             raise LlmdockError(f"{given} is not an llmdock wheel file (llmdock-*.whl)", WHEEL_HINT)
-        return given, f"given ({given})"
+        return given, "given with --wheel"
     dest.mkdir(parents=True, exist_ok=True)
     root = source_tree()
     if root is not None:

@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 
 from llmdock.cli.models import ModelsDir, _store
-from llmdock.errors import InvalidSpec
+from llmdock.errors import ImageMissing, InvalidSpec, LlmdockError
 
 if TYPE_CHECKING:
     from llmdock.bundle.images import Images
@@ -69,18 +69,22 @@ def bundle(
             "redirect stdout (`-o - > FILE`, `| ssh …`) or give -o FILE",
         )
     store = _store(models_dir)
-    store.find(model)  # a missing model is the error before any wheel is built
+    store.find(model)  # what can be refused is refused before a wheel is built or a file created
     name = None if no_image else image or settings.load().image(engine)
     images = _docker_images() if name else None
+    if images is not None and name is not None:
+        try:
+            images.inspect(name)
+        except ImageMissing as e:
+            e.hint += "; or bundle without an image: --no-image"
+            raise
     with tempfile.TemporaryDirectory(prefix="llmdock-wheel-") as tmp:
-        whl, how = llmdock_wheel(Path(tmp), wheel)
-        err.print(f"llmdock wheel: {whl.name} ({how})")
         try:
             with _output(output) as out:
+                whl, how = llmdock_wheel(Path(tmp), wheel)
+                err.print(f"llmdock wheel: {whl.name} ({how})")
                 head = write_bundle(store, model, out, wheel=whl, image=name, images=images, progress=_say)
         except BrokenPipeError:
-            from llmdock.errors import LlmdockError
-
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, sys.stdout.fileno())  # the interpreter's last flush of stdout must not fail too
             raise LlmdockError(
