@@ -132,7 +132,10 @@ def dash(
             )
     name = f"ui-{uuid.uuid4().hex[:6]}"
     keys = {}
-    for key, flags in (("admin", ["--admin"]), ("ci", ["--models", name])):
+    for key, flags in (
+        ("admin", ["--admin"]),
+        ("ci", ["--models", name, "--rpm", "60", "--tokens-per-day", "100000"]),
+    ):
         made = cli("keys", "create", key, *flags, "--json")
         assert made.returncode == 0, made.stderr
         keys[key] = json.loads(made.stdout)["key"]
@@ -261,6 +264,8 @@ def test_usage_appears_per_key_and_model(dash: Dash) -> None:
         row = dash.find(f'#usage-table tr[data-key="{key}"][data-model="{dash.name}"]')
         assert int(row.find_elements("css selector", "td")[2].text) >= 1
     assert {r.get_attribute("data-name") for r in dash.all("#keys tr")} == {"admin", "ci"}
+    ci = dash.text('#keys tr[data-name="ci"]')
+    assert "tokens/day 100,000" in ci and "Requests/min 60" in ci
     dash.shot("keys")
 
 

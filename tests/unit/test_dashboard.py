@@ -130,6 +130,9 @@ def test_strings_one_dict_per_language_with_the_same_keys_and_every_used_key() -
     used |= set(re.findall(r'\bt\("([a-z_]+\.[a-z_0-9]+|[a-z_]+)"', js))
     # Keys the script builds: "confirm." + action, "usage." + metric, "mem." + column.
     used |= {"confirm.stop", "confirm.rm", "done.stop", "done.start", "done.rm"}
+    limits = re.search(r"const LIMITS = \[([^\]]+)\]", js)
+    assert limits is not None
+    used |= {f"keys.{n}" for n in re.findall(r'"(\w+)"', limits.group(1))}
     used |= {f"usage.{m}" for m in re.findall(r'<option value="(\w+)" data-i18n="usage\.\1"', html)}
     used |= {
         f"mem.{c}" for c in ("total", "budget", "weights", "kv_cache", "cuda_graph", "need", "available")

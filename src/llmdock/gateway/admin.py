@@ -10,6 +10,7 @@
     GET    /admin/v1/keys  POST /admin/v1/keys  DELETE /admin/v1/keys/{name}
     PATCH  /admin/v1/keys/{name}                 change limits in place: {"rpm": 60, "tpm": null}
     GET    /admin/v1/usage?since=EPOCH
+    GET    /admin/v1/inventory  /phases  /usage/series   POST /admin/v1/plan   for the dashboard (dashboard.py)
     GET    /openapi.json
 
 Who may call it: with keys configured, an admin key only. With none (the open, loopback-only gateway), a

@@ -146,17 +146,25 @@ def inventory(controller: LifecycleController) -> dict[str, Any]:
 
 
 def phases(controller: LifecycleController, names: Iterable[str]) -> dict[str, str]:
-    """The latest phase each named (running, not yet ready) deployment's engine log shows."""
+    """Per deployment, what it is doing: for each named one that runs (and is not ready yet) the latest
+    phase its engine log shows; for one that does not run, its last lifecycle event (``stopped`` when
+    llmdock stopped it, ``failed``…), which tells a stop from a crash."""
     from llmdock.engines import get_engine
     from llmdock.readiness import current_phase
+    from llmdock.states import LIFECYCLE, Event
 
+    deps = controller.lc.ps()
+    last = controller.store.health((*LIFECYCLE, Event.IDLE_STOPPED))
     found: dict[str, str] = {}
-    for d in controller.lc.ps():
-        if d.name not in names or not d.running:
+    for d in deps:
+        if not d.running:
+            if d.name in last:
+                found[d.name] = last[d.name][0]
+            continue
+        if d.name not in names:
             continue
         try:
-            lines = list(controller.lc.logs(d.name, tail=LOG_TAIL))
-            phase = current_phase(lines, get_engine(d.engine))
+            phase = current_phase(list(controller.lc.logs(d.name, tail=LOG_TAIL)), get_engine(d.engine))
         except Exception:  # a log that cannot be read tells no phase
             continue
         if phase:

@@ -448,7 +448,8 @@ function drawKeys() {
         el("td", { text: k.name }),
         el("td", {}, el("code", { text: k.prefix + "…" })),
         el("td", { text: k.models.length ? k.models.join(", ") : t("keys.all") }),
-        el("td", { class: "num", text: k.rpm || "—" }),
+        el("td", { text: limits(k) }),
+        el("td", { class: "num", text: k.usage ? k.usage.tokens_today.toLocaleString() : "—" }),
         el("td", { text: k.admin ? "✓" : "" }),
         el("td", { text: new Date(k.created_at * 1000).toLocaleString() }),
         el("td", {}, el("button", { class: "small danger", text: t("keys.revoke"), onclick: () => revoke(k.name) }))
@@ -496,6 +497,13 @@ function chart(s, step, since, range, metric, keyName) {
   );
 }
 
+const LIMITS = ["tokens_per_day", "tokens_per_month", "rpm", "tpm", "max_concurrent"];
+
+function limits(k) {
+  const set = LIMITS.filter((n) => k[n]).map((n) => t("keys." + n) + " " + k[n].toLocaleString());
+  return set.length ? set.join(" · ") : t("keys.unlimited");
+}
+
 async function revoke(name) {
   if (!(await confirmThen(t("confirm.revoke", { name })))) return;
   try {
@@ -509,9 +517,10 @@ async function revoke(name) {
 async function createKey(ev) {
   ev.preventDefault();
   const models = $("key-models").value.split(",").map((m) => m.trim()).filter(Boolean);
-  const rpm = $("key-rpm").value ? Number($("key-rpm").value) : null;
+  const number = (id) => ($(id).value ? Number($(id).value) : null);
+  const body = { name: $("key-name").value, models, rpm: number("key-rpm"), tokens_per_day: number("key-tpd"), admin: $("key-admin").checked };
   try {
-    const made = await call("/admin/v1/keys", { method: "POST", body: { name: $("key-name").value, models, rpm, admin: $("key-admin").checked } });
+    const made = await call("/admin/v1/keys", { method: "POST", body });
     $("key-new-value").textContent = made.key;
     $("key-new").hidden = false;
     $("key-form").reset();
