@@ -193,15 +193,14 @@ def _fetch_all(
     locate = getattr(hub, "locate", None)
     if todo and locate is not None and locate(ref.repo_id, commit, todo[0].path) is not None:
         try:
-            transfer.fetch_files(
-                todo,
+            transfer.Transfer(
                 lambda f: locate(ref.repo_id, commit, f.path),
                 staging,
-                connections=store.connections,
-                progress=progress,
+                store.connections,
+                progress,
                 on_done=record,
                 fsync=store.durable,
-            )
+            ).run(todo)
         except OSError as e:
             _raise(e, staging)
         return

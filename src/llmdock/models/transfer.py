@@ -488,18 +488,3 @@ def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
-
-
-def fetch_files(
-    files: Sequence[RemoteFile],
-    locate: Callable[[RemoteFile], Location],
-    staging: Path,
-    *,
-    connections: int,
-    progress: Progress,
-    on_done: Callable[[FileRecord], None],
-    fsync: bool = False,
-    **kwargs: Any,
-) -> None:
-    """Fetch ``files`` into ``staging`` (see :class:`Transfer`)."""
-    Transfer(locate, staging, connections, progress, on_done, fsync=fsync, **kwargs).run(files)
