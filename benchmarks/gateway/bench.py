@@ -47,6 +47,10 @@ SPACED_SSE_BODY = json.dumps(
     }
 ).encode()
 RATES = [25, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000]
+BENCH_QUOTAS = (
+    "--tokens-per-day", "10000000000", "--tokens-per-month", "100000000000", "--rpm", "1000000000",
+    "--tpm", "100000000000", "--max-concurrent", "100000",
+)  # fmt: skip
 NGINX_CONF = """worker_processes 1; daemon off; pid {dir}/nginx.pid; error_log {dir}/error.log warn;
 events {{ worker_connections 16384; }}
 http {{ access_log off; keepalive_requests 10000000; keepalive_timeout 300s; client_body_temp_path {dir}; proxy_temp_path {dir};
@@ -277,7 +281,8 @@ def main() -> None:
         if "llmdock" in only:
             env = {"LLMDOCK_HOME": str(tmp / "home")}
             key = subprocess.run(
-                [py, "-m", "llmdock.cli.main", "keys", "create", "bench"],
+                # every per-key limit on (high enough never to refuse): their checks are on the path
+                [py, "-m", "llmdock.cli.main", "keys", "create", "bench", *BENCH_QUOTAS],
                 env={**os.environ, **env},
                 capture_output=True,
                 text=True,
