@@ -137,15 +137,15 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def scenario(
-    name: str, url: str, work: Path, total: int, runs: int, extra_env: dict[str, str]
+    name: str, url: str, work: Path, total: int, runs: int, tools: list[str]
 ) -> dict[str, list[dict[str, float]]]:
     env = {**os.environ, **hub_env(url), "LLMDOCK_HOME": str(work / "home"),
-           "MODELSCOPE_CACHE": str(work / "ms-cache"), "HF_HOME": str(work / "hf-home"), **extra_env}  # fmt: skip
+           "MODELSCOPE_CACHE": str(work / "ms-cache"), "HF_HOME": str(work / "hf-home")}  # fmt: skip
     env["NO_PROXY"] = env["no_proxy"] = f"127.0.0.1,localhost,{HUB_IP}"
     env.pop("LLMDOCK_PULL_CONNECTIONS", None)  # the default
     results: dict[str, list[dict[str, float]]] = {}
     for i in range(runs):
-        for tool in TOOLS:
+        for tool in tools:
             dest = work / "out"
             for d in (dest, work / "ms-cache", work / "hf-home", work / "home"):
                 shutil.rmtree(d, ignore_errors=True)
@@ -175,6 +175,7 @@ def main() -> None:
     ap.add_argument("--rtt-ms", type=float, default=50.0)
     ap.add_argument("--cap-mb", type=float, default=8.0, help="per-connection cap in the hub, MB/s")
     ap.add_argument("--only", choices=["loopback", "shaped"], default=None)
+    ap.add_argument("--tools", nargs="+", choices=TOOLS, default=TOOLS, help="a subset, for a quick look")
     ap.add_argument("--work", type=Path, default=Path("/tmp/llmdock-pullbench"))
     args = ap.parse_args()
     if args.cmd == "serve":
@@ -191,7 +192,9 @@ def main() -> None:
         if args.only in (None, "loopback"):
             with LocalHub() as hub:
                 hub.add_repo(REPO, files)
-                out["loopback"] = {"results": scenario("loopback", hub.url, work, total, args.runs, {})}
+                out["loopback"] = {
+                    "results": scenario("loopback", hub.url, work, total, args.runs, args.tools)
+                }
         if args.only in (None, "shaped"):
             rtt_by = netns_up(args.link_mbit, args.rtt_ms)
             hub_proc = subprocess.Popen(
@@ -205,7 +208,7 @@ def main() -> None:
             url = f"http://{HUB_IP}:{HUB_PORT}"
             out["shaped"] = {
                 "link_mbit": args.link_mbit, "rtt_ms": args.rtt_ms, "cap_mb_s": args.cap_mb, "rtt_by": rtt_by,
-                "results": scenario("shaped", url, work, total, args.runs, {}),
+                "results": scenario("shaped", url, work, total, args.runs, args.tools),
             }  # fmt: skip
         report(out, total, args)
     finally:
@@ -250,7 +253,7 @@ def report(out: dict[str, Any], total: int, args: argparse.Namespace) -> None:
     ]
     for name, block in out.items():
         s = block["summary"] = summarise(block.pop("results"))
-        best_peer = max(v["median_mb_s"] for k, v in s.items() if k != "llmdock")
+        best_peer = max([v["median_mb_s"] for k, v in s.items() if k != "llmdock"] or [float("nan")])
         ratio = s["llmdock"]["median_mb_s"] / best_peer
         if name == "loopback":
             lines += ["", "## Loopback, unshaped (127.0.0.1)", ""]
