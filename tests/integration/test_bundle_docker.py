@@ -16,7 +16,7 @@ import pytest
 
 from llmdock.bundle.images import DockerImages
 from llmdock.bundle.load import load_bundle
-from llmdock.bundle.wheel import llmdock_wheel
+from llmdock.bundle.wheel import _repack, llmdock_wheel
 from llmdock.bundle.write import write_bundle
 from llmdock.errors import ImageMissing, IntegrityError
 from llmdock.models.store import ModelStore
@@ -130,6 +130,7 @@ def test_the_wheel_installs_offline_and_can_be_packed_again(tmp_path: Path) -> N
     path, how = packed.stdout.splitlines()
     assert how == "packed from the installed distribution"
     _install(Path(path), tmp_path / "site2")
+    _install(_repack(tmp_path / "w3"), tmp_path / "site3")  # packed from this (editable) install, no build
 
 
 def _install(wheel: Path, target: Path) -> Path:
@@ -146,6 +147,7 @@ def _install(wheel: Path, target: Path) -> Path:
         str(wheel),
     ]
     subprocess.run(argv, check=True, capture_output=True)
+    assert (target / "bin" / "llmdock").is_file()  # the console script comes with it
     version = subprocess.run(
         [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); import llmdock, llmdock.cli.bundle; "
          "print(llmdock.__file__, llmdock.__version__)"],

@@ -6,8 +6,9 @@ Where it comes from, in this order:
 2. a source tree (a checkout, or an editable install of one): ``pip wheel --no-deps --no-build-isolation``
    on a copy of ``pyproject.toml``, ``README.md`` and ``src/`` in a temporary directory, so the build
    writes nothing into the checkout and needs no index;
-3. the installed distribution (``pip install llmdock``): its files, as its ``RECORD`` lists them,
-   packed again into a wheel (the same files pip unpacked; ``RECORD`` rewritten with fresh hashes).
+3. otherwise (``pip install llmdock``, or a checkout without setuptools to build it): the running
+   package directory and the installed metadata (``METADATA``, ``entry_points.txt``) packed into a
+   pure-Python wheel, with a fresh ``RECORD``.
 
 The wheel holds llmdock only (``--no-deps``): an offline host needs llmdock's dependencies already
 (an older llmdock installed, or a wheelhouse of its own).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -38,7 +40,7 @@ def llmdock_wheel(dest: Path, given: Path | None = None) -> tuple[Path, str]:
         return given, "given with --wheel"
     dest.mkdir(parents=True, exist_ok=True)
     root = source_tree()
-    if root is not None:
+    if root is not None and importlib.util.find_spec("setuptools") is not None:
         return _build(root, dest), f"built from {root} with pip wheel --no-deps"
     return _repack(dest), "packed from the installed distribution"
 
@@ -84,29 +86,37 @@ def _build(root: Path, dest: Path) -> Path:
 
 
 def _repack(dest: Path) -> Path:
+    """A wheel of the running llmdock: its package directory as imported, and the metadata pip installed
+    (``METADATA``, ``entry_points.txt``); works for an editable install too, and needs no setuptools."""
+    import llmdock
+
     try:
         dist = metadata.distribution("llmdock")
     except metadata.PackageNotFoundError:
         raise LlmdockError(
             "llmdock is not installed as a distribution, so no wheel can be made", WHEEL_HINT
         ) from None
+    package = Path(llmdock.__file__).parent
     info = f"llmdock-{dist.version}.dist-info"
-    skip = {f"{info}/{n}" for n in ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")}
-    files = [
-        f
-        for f in dist.files or []
-        if f.as_posix() not in skip and "__pycache__" not in f.parts and ".." not in f.parts
-    ]
-    wheel_text = (Path(str(dist.locate_file(f"{info}/WHEEL")))).read_text()
-    tags = [line.split(":", 1)[1].strip() for line in wheel_text.splitlines() if line.startswith("Tag:")]
-    out = dest / f"llmdock-{dist.version}-{tags[0] if tags else 'py3-none-any'}.whl"
-    record: list[str] = []
+    files: dict[str, bytes] = {}
+    for path in sorted(package.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            files[f"llmdock/{path.relative_to(package).as_posix()}"] = path.read_bytes()
+    for name in ("METADATA", "entry_points.txt", "top_level.txt"):
+        text = dist.read_text(name)
+        if text is not None:
+            files[f"{info}/{name}"] = text.encode()
+    files[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: llmdock\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
+    dest.mkdir(parents=True, exist_ok=True)
+    out = dest / f"llmdock-{dist.version}-py3-none-any.whl"
+    record = []
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in files:
-            data = Path(str(dist.locate_file(f))).read_bytes()
-            z.writestr(f.as_posix(), data)
+        for name, data in files.items():
+            z.writestr(name, data)
             digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            record.append(f"{f.as_posix()},sha256={digest},{len(data)}")
+            record.append(f"{name},sha256={digest},{len(data)}")
         record.append(f"{info}/RECORD,,")
         z.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
     return out
