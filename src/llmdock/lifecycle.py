@@ -6,8 +6,8 @@ nothing. Docker is the truth for what runs; the store keeps desired specs and hi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
 import dataclasses
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

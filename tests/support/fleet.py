@@ -19,8 +19,11 @@ can see: its dockerd has a runtime named ``nvidia`` (runc under that name, as
 the driver's nvidia-smi into any container; this is the one boundary fake). Such a host cannot start
 a container on a GPU; the tests only plan there.
 
-Everything is removed on :meth:`Fleet.close`, also after a failed test; leftovers of a run that was
-killed are removed before a new one starts.
+Everything is removed on :meth:`Fleet.close`, also after a failed test (containers, sshd, dockerd,
+namespace, keys); leftovers of a run that was killed are removed before a new one starts. Each
+host's image store (``/var/lib/llmdock-fleet/NAME/data``) is kept, as Docker keeps its own images:
+the next run then skips the ``docker load`` (checked by image ID); deleting its ~1.5 GB of small
+files takes longer than loading it. ``remove_leftovers(NAME, purge=True)`` removes it too.
 """
 
 from __future__ import annotations
@@ -121,12 +124,14 @@ class FleetHost:
         )
         if self.gpus_csv:
             argv += ["--add-runtime", f"nvidia={shutil.which('runc') or '/usr/sbin/runc'}"]
-        log = (self.root / "dockerd.log").open("wb")
-        self.dockerd = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        with (self.root / "dockerd.log").open("wb") as log:  # the child keeps its own descriptor
+            self.dockerd = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while True:
             if self.dockerd.poll() is not None:
-                raise RuntimeError(f"dockerd of {self.name} exited: {(self.root / 'dockerd.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"dockerd of {self.name} exited: {(self.root / 'dockerd.log').read_text()[-2000:]}"
+                )
             if os.path.exists(self.socket):
                 try:
                     client = docker.DockerClient(base_url=f"unix://{self.socket}", timeout=120)
@@ -212,14 +217,18 @@ class FleetHost:
             + "\n"
         )
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
-        log = (self.root / "sshd.log").open("ab")
-        self.sshd = subprocess.Popen(
-            self.nsenter("/usr/sbin/sshd", "-D", "-e", "-f", str(config)), stdout=log, stderr=subprocess.STDOUT
-        )
+        with (self.root / "sshd.log").open("ab") as log:
+            self.sshd = subprocess.Popen(
+                self.nsenter("/usr/sbin/sshd", "-D", "-e", "-f", str(config)),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 10
         while not self._listening():
             if self.sshd.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"sshd of {self.name} did not start: {(self.root / 'sshd.log').read_text()[-1000:]}")
+                raise RuntimeError(
+                    f"sshd of {self.name} did not start: {(self.root / 'sshd.log').read_text()[-1000:]}"
+                )
             time.sleep(0.05)
 
     def _listening(self) -> bool:
@@ -266,9 +275,9 @@ def _stop(pid: int, wait_s: float = 30) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def remove_leftovers(name: str) -> None:
-    """What a host ``name`` of an earlier, killed run left: its dockerd (by its pidfile), sshd (by
-    its pidfile under a fleet root), namespace and directories."""
+def remove_leftovers(name: str, *, purge: bool = False) -> None:
+    """What a host ``name`` of an earlier, killed run left: its dockerd (by its pidfile), namespace
+    and run directory; with ``purge`` its image store too."""
     pidfile = RUN / name / "docker.pid"
     with contextlib.suppress(OSError, ValueError):
         pid = int(pidfile.read_text().strip())
@@ -278,7 +287,7 @@ def remove_leftovers(name: str) -> None:
     if Path(f"/var/run/netns/{netns}").exists():
         _run("ip", "netns", "del", netns, check=False)
     _run("ip", "link", "del", f"lfleet-{name}", check=False)
-    for d in (RUN / name, STATE / name):
+    for d in (RUN / name, *([STATE / name] if purge else [])):
         # Mounts dockerd leaves behind (its netns bind mount, a killed one's overlays), deepest first.
         mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
         for m in sorted((m for m in mounts if m.startswith(f"{d}/")), key=len, reverse=True):

@@ -37,7 +37,8 @@ def add(
     probe_image: Annotated[
         str | None,
         typer.Option(
-            metavar="IMAGE", help="Image that reads GPUs and disk there (default: the vLLM image, image.vllm)."
+            metavar="IMAGE",
+            help="Image that reads GPUs and disk there (default: the vLLM image, image.vllm).",
         ),
     ] = None,
 ) -> None:
@@ -65,7 +66,8 @@ def add(
     reg = registry(s)
     if any(h.name == name for h in reg.list()):
         raise Conflict(
-            f"a host named {name!r} exists", f"remove it first (`llmdock hosts rm {name}`) or pick another name"
+            f"a host named {name!r} exists",
+            f"remove it first (`llmdock hosts rm {name}`) or pick another name",
         )
     folder = reg.known_hosts(name).parent
     shutil.rmtree(folder, ignore_errors=True)  # left by an add that was interrupted
@@ -135,7 +137,9 @@ def _gpus(r: dict[str, Any]) -> tuple[str, str]:
     names: dict[str, int] = {}
     for g in r["gpus"]:
         names[g["name"]] = names.get(g["name"], 0) + 1
-    free = ", ".join(f"{g['index']}: {g['free_bytes'] / GiB:.1f}/{g['total_bytes'] / GiB:.1f}" for g in r["gpus"])
+    free = ", ".join(
+        f"{g['index']}: {g['free_bytes'] / GiB:.1f}/{g['total_bytes'] / GiB:.1f}" for g in r["gpus"]
+    )
     return ", ".join(f"{n}× {name}" for name, n in names.items()), free + " GiB"
 
 
@@ -178,9 +182,7 @@ def ls(json_out: Json = False) -> None:
     hosts = lc.hosts.list()
     found = lc.prefetch_facts([h.name for h in hosts])
     rows = [row("local", "-", local_facts(lc), str(lc.settings.models_dir))]
-    rows += [
-        row(h.name, h.url, found[h.name], h.models_dir or str(lc.settings.models_dir)) for h in hosts
-    ]
+    rows += [row(h.name, h.url, found[h.name], h.models_dir or str(lc.settings.models_dir)) for h in hosts]
     if json_out:
         print_json(rows)
         return
@@ -209,7 +211,8 @@ def ls(json_out: Json = False) -> None:
 def rm(
     name: HostName,
     force: Annotated[
-        bool, typer.Option("--force", "-f", help="Forget the host even while it cannot be asked what runs there.")
+        bool,
+        typer.Option("--force", "-f", help="Forget the host even while it cannot be asked what runs there."),
     ] = False,
 ) -> None:
     """Forget a host (its containers are not touched). Refused while llmdock deployments are there."""

@@ -33,7 +33,9 @@ URL_HINT = "write it as ssh://USER@HOST or ssh://USER@HOST:PORT, e.g. ssh://ops@
 def check_name(name: str) -> str:
     """``name`` if it can name a host; InvalidSpec otherwise (``local`` is this host's own)."""
     if name == LOCAL:
-        raise InvalidSpec("the name 'local' is this host's own", "give the other host another name, e.g. gpu1")
+        raise InvalidSpec(
+            "the name 'local' is this host's own", "give the other host another name, e.g. gpu1"
+        )
     if not HOST_NAME_RE.match(name):
         raise InvalidSpec(
             f"host name {name!r} is not allowed",
@@ -85,7 +87,9 @@ class Host:
         if identity:
             path = Path(identity).expanduser().resolve()
             if not path.is_file():
-                raise InvalidSpec(f"--identity {identity}: no such file", "give the private key ssh logs in with")
+                raise InvalidSpec(
+                    f"--identity {identity}: no such file", "give the private key ssh logs in with"
+                )
             key = str(path)
         if not docker_socket.startswith("/"):
             raise InvalidSpec(

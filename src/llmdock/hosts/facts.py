@@ -59,9 +59,13 @@ class HostFacts:
         return cls(
             docker_version=str(data.get("docker_version", "")),
             gpu_runtime=bool(data.get("gpu_runtime")),
-            gpus=tuple(Gpu(**{**g, "processes": tuple(g.get("processes", ()))}) for g in data.get("gpus", ())),
+            gpus=tuple(
+                Gpu(**{**g, "processes": tuple(g.get("processes", ()))}) for g in data.get("gpus", ())
+            ),
             listening_ports=frozenset(int(p) for p in data.get("listening_ports", ())),
-            ephemeral_ports=(int(span[0]), int(span[1])) if (span := data.get("ephemeral_ports")) else (32768, 60999),
+            ephemeral_ports=(int(span[0]), int(span[1]))
+            if (span := data.get("ephemeral_ports"))
+            else (32768, 60999),
             memory_total_bytes=int(data.get("memory_total_bytes", 0)),
             memory_available_bytes=int(data.get("memory_available_bytes", 0)),
             cpus=tuple(int(c) for c in data.get("cpus", ())),

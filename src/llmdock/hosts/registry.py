@@ -65,12 +65,15 @@ class HostRegistry:
             if host.name == name:
                 return host
         known = ", ".join(["local", *(h.name for h in self.list())])
-        raise NotFound(f"no host named {name!r} (known: {known})", "add it with `llmdock hosts add NAME ssh://USER@HOST`")
+        raise NotFound(
+            f"no host named {name!r} (known: {known})", "add it with `llmdock hosts add NAME ssh://USER@HOST`"
+        )
 
     def add(self, host: Host) -> None:
         if any(h.name == host.name for h in self.list()):
             raise Conflict(
-                f"a host named {host.name!r} exists", f"remove it first (`llmdock hosts rm {host.name}`) or pick another name"
+                f"a host named {host.name!r} exists",
+                f"remove it first (`llmdock hosts rm {host.name}`) or pick another name",
             )
         self.store.db.execute(
             "INSERT INTO hosts(name, url, identity, docker_socket, models_dir, probe_image, fingerprint, added_at) "

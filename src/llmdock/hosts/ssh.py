@@ -6,8 +6,10 @@ llmdock could not pin the key (``-i``, ``IdentitiesOnly``), its own known_hosts 
 ``StrictHostKeyChecking=yes``, or connect timeouts; it also needs the docker CLI on the host. The
 forward needs only sshd there, takes every option on an argv, and gives the SDK a plain unix socket,
 so the rest of llmdock talks to a remote daemon exactly as to the local one. The ssh process is
-llmdock's child (killed with it, ``PR_SET_PDEATHSIG``) and the socket lives in a 0700 directory,
-since it is root on that host.
+llmdock's child, ended when the runtime closes or llmdock exits (``atexit``; a Ctrl-C reaches it as
+part of the terminal's process group); the socket lives in a 0700 directory, since it is root on
+that host. (Not ``PR_SET_PDEATHSIG``: tunnels are opened from worker threads, and the signal comes
+when the *thread* that started the child ends.)
 
 Host keys: ``hosts add`` connects once with ``StrictHostKeyChecking=accept-new`` into the host's own,
 empty known_hosts file and shows the fingerprint it recorded; every later connection uses that file
@@ -21,9 +23,7 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -73,14 +73,6 @@ def ssh_argv(host: Host, known_hosts: Path, local: Path, *, first: bool = False)
     return [*argv, "-p", str(host.port), "-L", forward, f"{host.user}@{host.address}"]
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when llmdock dies, so no forward outlives the command that opened it."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class Tunnel:
     """One ``ssh -L`` process and the unix socket it listens on; :meth:`open` waits until it serves."""
 
@@ -117,7 +109,6 @@ class Tunnel:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent,  # only a prctl: nothing that takes a lock
         )
         deadline = time.monotonic() + READY_S
         while not self.socket.exists():

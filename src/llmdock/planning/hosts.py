@@ -48,5 +48,7 @@ def choose_host(options: Sequence[HostOption], placement: str) -> tuple[HostOpti
     others = [o.host for o in fitting if o is not chosen]
     if others:
         how = "most" if placement == "spread" else "least"
-        notes.append(f"placed on {chosen.host} ({placement}: the {how} free memory of {', '.join([chosen.host, *others])})")
+        notes.append(
+            f"placed on {chosen.host} ({placement}: the {how} free memory of {', '.join([chosen.host, *others])})"
+        )
     return chosen, notes

@@ -162,10 +162,9 @@ def default_members(s: Settings) -> dict[str, Member]:
     deployments can be managed with dockerd stopped; then Docker on each host of `llmdock hosts ls`
     (``docker@NAME``), each reached over SSH only when a command asks it."""
     from llmdock.envs import Envs
+    from llmdock.hosts.registry import registered_members
     from llmdock.runtimes.docker import DockerRuntime
     from llmdock.runtimes.local import LocalRuntime
-
-    from llmdock.hosts.registry import registered_members
 
     return {
         "local": LocalRuntime(s.local_dir, Envs(s.envs_dir)),
