@@ -140,7 +140,7 @@ class _Loader:
                 "event": "load_start",
                 "model": head.model.key,
                 "members": len(head.members),
-                "total_bytes": head.total_bytes,
+                "total_bytes": head.total_bytes + (head.image.size if head.image and self.images else 0),
                 "staging": str(self.staging),
                 "kept": len(staged),
             }

@@ -9,7 +9,7 @@ can never load).
 Events::
 
     {"event": "bundle_start", "model": KEY, "image": NAME | None, "members": N, "total_bytes": T}
-    {"event": "bundle_member", "path": P, "size": N}
+    {"event": "bundle_member", "path": P, "size": N}      (once written)
     {"event": "bundle_done", "members": N, "bytes": B}
 """
 
@@ -85,7 +85,6 @@ def write_bundle(
         _add(tar, bm.HEAD, len(head_bytes), io.BytesIO(head_bytes))
         sources = [wheel, *(model.path / f.path for f in m.files)]
         for member, path in zip(head.members, sources, strict=True):
-            progress({"event": "bundle_member", "path": member.path, "size": member.size})
             with path.open("rb") as f:
                 reader = _Hashing(f)
                 _add(tar, member.path, member.size, reader)
@@ -97,14 +96,15 @@ def write_bundle(
                     files=[member.path],
                 )
             written += member.size
+            progress({"event": "bundle_member", "path": member.path, "size": member.size})
         parts: list[bm.Member] = []
         if info is not None and images is not None:
             for index, chunk in enumerate(_parts(images.save(info.name), part_bytes)):
                 path_ = bm.image_part(index)
-                progress({"event": "bundle_member", "path": path_, "size": len(chunk)})
                 _add(tar, path_, len(chunk), io.BytesIO(chunk))
                 parts.append(bm.Member(path_, len(chunk), hashlib.sha256(chunk).hexdigest()))
                 written += len(chunk)
+                progress({"event": "bundle_member", "path": path_, "size": len(chunk)})
         seal = bm.build_seal(head_bytes, head, parts).to_json().encode()
         _add(tar, bm.SEAL, len(seal), io.BytesIO(seal))
     progress({"event": "bundle_done", "members": len(head.members) + len(parts) + 2, "bytes": written})

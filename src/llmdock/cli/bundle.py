@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
@@ -83,7 +83,8 @@ def bundle(
             with _output(output) as out:
                 whl, how = llmdock_wheel(Path(tmp), wheel)
                 err.print(f"llmdock wheel: {whl.name} ({how})")
-                head = write_bundle(store, model, out, wheel=whl, image=name, images=images, progress=_say)
+                with _shown() as say:
+                    head = write_bundle(store, model, out, wheel=whl, image=name, images=images, progress=say)
         except BrokenPipeError:
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, sys.stdout.fileno())  # the interpreter's last flush of stdout must not fail too
@@ -117,8 +118,7 @@ def load(
 
     # TODO(hosts): `load --host NAME` once fleet hosts exist (ssh to the host, run `llmdock load -` there)
     store = _store(models_dir)
-    say = _json_line if json_out else _say
-    with _input(source) as (stream, seekable):
+    with _input(source) as (stream, seekable), _shown(json_out) as say:
         done = load_bundle(
             store,
             stream,
@@ -193,6 +193,43 @@ def _input(source: str) -> Iterator[tuple[IO[bytes], bool]]:
         ) from None
     with f:
         yield f, True
+
+
+@contextlib.contextmanager
+def _shown(json_out: bool = False) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """Progress: JSON lines on stdout; one bar on a terminal (stderr); else a line per member."""
+    from llmdock.cli.render import err
+
+    if json_out:
+        yield _json_line
+        return
+    if not err.is_terminal:
+        yield _say
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        transient=True,
+    )
+    task = bar.add_task("bundle", total=None)
+
+    def on(event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind in ("bundle_start", "load_start"):
+            verb = "bundle" if kind == "bundle_start" else "load"
+            bar.update(task, total=event["total_bytes"], description=f"{verb} {event['model']}")
+        elif kind in ("bundle_member", "member"):
+            bar.advance(task, event["size"])
+        elif kind == "image_load":
+            err.print(f"image {event['image']}: {event['action']}")
+
+    with bar:
+        yield on
 
 
 def _say(event: dict[str, Any]) -> None:
