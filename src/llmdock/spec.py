@@ -173,9 +173,8 @@ class DeploymentSpec:
     extra_args: list[str] = field(default_factory=list)
     runtime: str = "docker"  # docker | local (a detached process in an engine environment)
     engine_env: str | None = None  # local runtime: the environment (`llmdock env ls`) to run the engine in
-    host: str | None = (
-        None  # the Docker host to run on (`--host`; None: placement picks, `local` is this one)
-    )
+    # the Docker host to run on (`--host`; None: placement picks, `local` is this one)
+    host: str | None = None
 
     @classmethod
     def create(
