@@ -3,9 +3,10 @@ selenium), in front of the real ``llmdock serve`` and one real deployment (the t
 image, the tiny model), shared by the tests in file order:
 
 load the page (refused, then the admin key typed in) → the deployment become ready → GPUs (none here:
-host memory split by deployment) → stream a chat answer in the playground → follow its log → usage per
-key and model appear → plan a deployment and see its memory table → stop it through the confirmation
-dialog → switch to Chinese.
+host memory split by deployment; then one H100 from a fake nvidia-smi) → stream a chat answer in the
+playground → follow its log → usage per key and model appear → plan a what-if deployment and see its
+memory table → stop it through the confirmation dialog → switch to Chinese → plan the same deployment
+again and start it from the plan (the same spec: the same container starts) → remove it.
 
 Each page is photographed; ``UI_SCREENSHOTS=DIR`` keeps the PNGs there (``scripts/screenshots``
 writes docs/screenshots/ that way), else they go to the test's temporary folder.
@@ -95,6 +96,10 @@ class Dash:
         path = self.shots / f"{name}.png"
         self.driver.save_screenshot(str(path))
         return path
+
+    def click(self, css: str) -> None:
+        """Click what ``css`` finds, looking again when the table was redrawn between find and click."""
+        self.wait(lambda: self.find(css).click() or True, f"a click on {css}")
 
     def row(self, css: str = "") -> str:
         return self.text(f'#deployments tr[data-name="{self.name}"] {css}'.strip())
@@ -291,16 +296,14 @@ def test_plan_shows_the_memory_table_before_starting(dash: Dash, tiny_model: Pat
 
 def test_stop_asks_first_then_stops(dash: Dash, docker_client: Any) -> None:
     dash.open("deployments")
-    stop = dash.wait(
-        lambda: dash.all(f'#deployments tr[data-name="{dash.name}"] button[data-action="stop"]'), "Stop"
-    )
-    stop[0].click()
+    stop = f'#deployments tr[data-name="{dash.name}"] button[data-action="stop"]'
+    dash.click(stop)
     dash.wait(lambda: dash.find("#confirm").get_attribute("open") is not None, "the confirmation")
     assert dash.name in dash.text("#confirm-text")
     dash.shot("stop-confirm")
     dash.find('#confirm button[value="cancel"]').click()
     assert docker_client.containers.get(dash.name).status == "running"  # cancel stops nothing
-    dash.find(f'#deployments tr[data-name="{dash.name}"] button[data-action="stop"]').click()
+    dash.click(stop)
     dash.wait(lambda: dash.find("#confirm").get_attribute("open") is not None, "the confirmation again")
     dash.find("#confirm-ok").click()
     dash.wait(lambda: dash.row("td:nth-child(2)") == "stopped", "the row to say stopped", 60)
@@ -316,10 +319,44 @@ def test_switch_to_chinese_and_it_stays(dash: Dash) -> None:
     assert dash.driver.execute_script("return document.documentElement.lang") == "zh-CN"
     assert dash.row("td:nth-child(2)") == "已停止"  # the table is redrawn in Chinese too
     assert dash.row(".phase") == "—"  # not "ready" from the gateway's last probe
-    dash.shot("deployments-zh")
     dash.driver.refresh()
     dash.wait(lambda: dash.text('#nav a[data-page="deployments"]') == "部署", "Chinese after a reload")
     assert dash.driver.execute_script("return sessionStorage.getItem('llmdock.key')") == dash.admin_key
+
+
+def test_a_plan_of_the_stopped_deployment_starts_it_after_confirming(dash: Dash, tiny_model: Path) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    dash.open("plan")
+    for field in ("model", "name", "assume_gpus"):
+        dash.find(f'#plan-form input[name="{field}"]').clear()
+    dash.find('#plan-form input[name="model"]').send_keys(str(tiny_model))
+    dash.find('#plan-form input[name="name"]').send_keys(dash.name)
+    Select(dash.find('#plan-form select[name="engine"]')).select_by_value("transformers")
+    dash.find("#plan-form button[type=submit]").click()
+    dash.wait(lambda: dash.find("#plan-up").is_enabled(), "a plan that can start")
+    assert dash.find(".verdict").get_attribute("data-verdict") == "would"
+    assert "可以部署" in dash.text(".verdict")  # drawn in the language chosen before
+    dash.shot("plan-zh")
+    dash.find("#plan-up").click()
+    dash.wait(lambda: dash.find("#confirm").get_attribute("open") is not None, "the confirmation")
+    dash.find("#confirm-ok").click()
+    dash.wait(lambda: dash.row(".phase") == "就绪", "the same deployment ready again", READY_S)  # same spec
+    assert dash.row("td:nth-child(2)") == "运行中"
+    assert len(dash.all("#deployments tr[data-name]")) >= 1
+    dash.shot("deployments-zh")
     for shot in dash.shots.glob("*.png"):
         width, height = png_size(shot)
         assert (width, height) >= (1000, 600), shot
+
+
+def test_remove_asks_first_then_removes(dash: Dash, docker_client: Any) -> None:
+    import docker
+
+    dash.click(f'#deployments tr[data-name="{dash.name}"] button[data-action="rm"]')
+    dash.wait(lambda: dash.find("#confirm").get_attribute("open") is not None, "the confirmation")
+    assert dash.name in dash.text("#confirm-text")
+    dash.find("#confirm-ok").click()
+    dash.wait(lambda: not dash.all(f'#deployments tr[data-name="{dash.name}"]'), "the row to go")
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(dash.name)

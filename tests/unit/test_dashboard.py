@@ -129,7 +129,8 @@ def test_strings_one_dict_per_language_with_the_same_keys_and_every_used_key() -
     used = set(re.findall(r'data-i18n(?:-placeholder)?="([^"]+)"', html))
     used |= set(re.findall(r'\bt\("([a-z_]+\.[a-z_0-9]+|[a-z_]+)"', js))
     # Keys the script builds: "confirm." + action, "usage." + metric, "mem." + column.
-    used |= {"confirm.stop", "confirm.rm", "done.stop", "done.start", "done.rm"}
+    used |= {"confirm.start", "confirm.stop", "confirm.rm", "done.stop", "done.start", "done.rm"}
+    used |= {f"state.{state}" for state in ("created", "running", "restarting", "exited", "dead", "paused")}
     limits = re.search(r"const LIMITS = \[([^\]]+)\]", js)
     assert limits is not None
     used |= {f"keys.{n}" for n in re.findall(r'"(\w+)"', limits.group(1))}

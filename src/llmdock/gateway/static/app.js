@@ -187,7 +187,7 @@ function deploymentRow(d) {
   const code = d.state === "exited" && d.exit_code !== null ? " (" + d.exit_code + ")" : "";
   const state = stopped
     ? el("span", { class: "badge", text: t("dep.stopped") })
-    : el("span", { class: "badge " + (running ? "ok" : "bad"), text: d.state + code });
+    : el("span", { class: "badge " + (running ? "ok" : "bad"), text: t("state." + d.state) + code });
   let phase;
   if (d.healthy && running) phase = el("span", { class: "badge ok", text: t("dep.ready") });
   else if (running) phase = el("span", { class: "badge warn", text: last || t("dep.starting") });
@@ -226,7 +226,7 @@ async function lifecycle(action, d) {
   const path = "/admin/v1/deployments/" + encodeURIComponent(name);
   if (action === "logs") return go("logs", name);
   if (action === "chat") return go("chat", d.group || name);
-  if (action !== "start" && !(await confirmThen(t("confirm." + action, { name })))) return;
+  if (!(await confirmThen(t("confirm." + action, { name })))) return;
   try {
     if (action === "rm") await call(path + (d.state === "running" ? "?force=true" : ""), { method: "DELETE" });
     else await call(path + "/" + action, { method: "POST", body: {} });
