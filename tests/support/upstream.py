@@ -43,6 +43,7 @@ class Upstream:
         self.bodies: list[dict[str, Any]] = []
         self.paths: list[str] = []  # request targets (path and query) of the POSTs, as received
         self.keep_bodies = True
+        self.api_key: str | None = None  # set: /v1/* needs `Authorization: Bearer KEY`, as vLLM's --api-key
         self.active_streams = 0
         self.held_streams = 0  # streams waiting (after their first chunk) for release()
         self.lost_streams = 0  # streams whose client went away before the end
@@ -117,6 +118,10 @@ class _Conn(asyncio.Protocol):
             return
         body = self.buf[end + 4 : end + 4 + length]
         self.buf = self.buf[end + 4 + length :]
+        key = self.up.api_key
+        if key and path.startswith("/v1") and headers.get("authorization") != f"Bearer {key}":
+            self.send(401, b'{"error": "Unauthorized"}')
+            return self.parse()
         self.task = asyncio.ensure_future(self.respond(method, path, body))
         self.task.add_done_callback(lambda _: self.parse())
 

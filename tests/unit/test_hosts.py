@@ -235,7 +235,7 @@ def test_placement_takes_the_host_with_room_and_says_why_not_the_others(tmp_path
 
 
 def test_a_host_that_cannot_be_read_is_left_out_of_placement(tmp_path: Path, model: str) -> None:
-    lc, rts = fleet_lifecycle(tmp_path / "home", b=gpu_host(70))
+    lc, _ = fleet_lifecycle(tmp_path / "home", b=gpu_host(70))
     lc.hosts.store.db.execute("DELETE FROM host_facts")  # stale: must be read, and cannot be here
     plan = lc.plan(DeploymentSpec.create(model, name="g", engine="vllm", gpus="none"), strict=False)
     assert plan.host == "local" and any(n.startswith("host b left out:") for n in plan.notes)
