@@ -356,7 +356,10 @@ def ps(json_out: Json = False) -> None:
         print_json(rows)
         return
     table = Table(box=None, header_style="bold")
-    for col in ("NAME", "HOST", "STATE", "RUNTIME", "ENGINE", "PORT", "GPUS", "MODEL"):
+    # HOST once there are hosts besides this one (`llmdock hosts add`): one host's table stays as it was.
+    fleet = any("@" in k for k in rts.kinds) or any(d.host != "local" for d in deps)
+    columns = ("NAME", "HOST", "STATE", "RUNTIME", "ENGINE", "PORT", "GPUS", "MODEL")
+    for col in columns if fleet else tuple(c for c in columns if c != "HOST"):
         # Names and paths wrap instead of shrinking to "demo/big-mo…" on an 80-column terminal.
         table.add_column(col, overflow="fold", min_width=len(col) if col != "MODEL" else 12)
     for d in deps:
@@ -367,7 +370,8 @@ def ps(json_out: Json = False) -> None:
             state += f" [red]{kind}[/red]"
         state += f" [dim]restarted ×{restarts}[/dim]" if restarts else ""
         gpus = ",".join(map(str, d.gpus)) or "-"
-        table.add_row(d.name, d.host, state, d.runtime, d.engine, str(d.port or "-"), gpus, d.model)
+        cells = (d.name, d.host, state, d.runtime, d.engine, str(d.port or "-"), gpus, d.model)
+        table.add_row(*(cells if fleet else cells[:1] + cells[2:]))
     out.print(table if deps else "no deployments (start one with `llmdock up MODEL`)")
 
 
