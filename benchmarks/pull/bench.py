@@ -11,7 +11,7 @@ snapshot_download, in one run, verification included, over two links:
 Each tool runs as its own subprocess into an empty directory, ``--runs`` times, interleaved; medians.
 "Verification included": llmdock and ModelScope check every file's sha256 themselves; huggingface_hub
 does not check LFS sha256, so its run adds a sha256 pass over the shards. Every tool runs with its
-defaults (llmdock: LLMDOCK_PULL_CONNECTIONS=16; modelscope download: 4 files at once, no ranges;
+defaults (llmdock: 16 connections, LLMDOCK_PULL_CONNECTIONS's default; modelscope download: 4 files at once, no ranges;
 snapshot_download: 8 files at once).
 
     benchmarks/pull/run [--gib 2] [--shards 4] [--runs 3] [--link-mbit 1000] [--rtt-ms 50] [--cap-mb 8]
@@ -182,6 +182,7 @@ def main() -> None:
         serve(args)
         return
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the namespace and the data go too
     work: Path = args.work
     shutil.rmtree(work, ignore_errors=True)
     hub_proc: subprocess.Popen[str] | None = None

@@ -65,7 +65,7 @@ def _as_is(e: Exception, what: str) -> Exception:
 class Location:
     """Where a hub serves a file's bytes: a URL (it may redirect) and the headers that authorise it.
 
-    ``translate`` turns an ``httpx`` error into the hub's own NotFound/HubError (its wording, its hint).
+    ``translate`` turns an HTTP client error (requests) into the hub's own NotFound/HubError (its wording, its hint).
     """
 
     url: str

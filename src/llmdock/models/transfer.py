@@ -1,7 +1,8 @@
 """Fetch many files over HTTP in parallel byte ranges, bounded, resumable per range, verified.
 
 The hubs' SDKs say *where* a file is (:meth:`Hub.locate` gives its URL and auth headers); the bytes
-come through one ``httpx.Client`` shared by at most ``connections`` worker threads. Each large file is
+come through one ``requests`` session (urllib3's pools) shared by at most ``connections`` worker
+threads, read straight from the socket into a reused buffer. Each large file is
 split into ranges (:mod:`llmdock.models.ranges`), files biggest first, so every connection is busy
 until the end and a per-connection cap (as CDNs apply) is multiplied by the connection count.
 
@@ -29,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from llmdock.errors import HubError, IntegrityError, LlmdockError
 from llmdock.models import ranges as rg
@@ -39,7 +40,7 @@ from llmdock.models.manifest import FileRecord
 from llmdock.models.names import PART_SUFFIX
 
 if TYPE_CHECKING:
-    import httpx
+    import requests
 
 SAVE_EVERY_S = 1.0  # the sidecar is rewritten at most this often per file (and at every range's end)
 CONNECT_TIMEOUT_S = 15.0
@@ -48,30 +49,35 @@ RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 _warm: threading.Thread | None = None
-_ssl: list[Any] = []  # the SSL context the warm-up built
 
 
 def warm_up() -> None:
-    """Import httpx/httpcore and build the SSL context in the background (about a second on a busy
-    machine), while the hub's SDK lists the files; :meth:`Transfer.run` waits for it."""
+    """Import requests in the background (a fraction of a second, more on a busy machine) while the
+    hub's SDK lists the files; :meth:`Transfer.run` waits for it."""
     global _warm
     if _warm is None:
 
         def build() -> None:
-            import httpx
+            import requests.adapters  # noqa: F401
 
-            _ssl.append(httpx.create_ssl_context())
-            import httpcore  # noqa: F401  (httpx imports it lazily, at the first Client)
-
-        _warm = threading.Thread(target=build, name="llmdock-httpx-warm-up", daemon=True)
+        _warm = threading.Thread(target=build, name="llmdock-http-warm-up", daemon=True)
         _warm.start()
 
 
-def _ssl_context() -> Any:
+def session(connections: int) -> requests.Session:
+    """A requests session for ``connections`` threads: one pooled connection each per host, no
+    retries of its own (each range retries from where it stopped), proxies from the environment."""
     warm_up()
     assert _warm is not None
     _warm.join()
-    return _ssl[0] if _ssl else True
+    import requests
+    import requests.adapters
+
+    s = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=connections, max_retries=0)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    return s
 
 
 class Cancelled(Exception):
@@ -181,7 +187,7 @@ class _Job:
             rg.sidecar_path(self.part).unlink(missing_ok=True)
 
     # -- hashing -----------------------------------------------------------------------------------
-    def advance_hash(self, final: bool = False, written: tuple[int, bytes | bytearray] | None = None) -> None:
+    def advance_hash(self, final: bool = False, written: tuple[int, memoryview] | None = None) -> None:
         """Hash what is newly contiguous from the start. Whoever holds the hash lock does it; the
         thread finishing the file waits for it (``final``) so nothing is left unhashed.
 
@@ -232,7 +238,7 @@ class Transfer:
         on_done: Callable[[FileRecord], None],
         fsync: bool = False,
         attempts: int = ATTEMPTS,
-        client: httpx.Client | None = None,
+        http: requests.Session | None = None,
     ) -> None:
         self.locate = locate
         self.staging = staging
@@ -241,7 +247,7 @@ class Transfer:
         self.on_done = on_done
         self.fsync = fsync
         self.attempts = attempts
-        self._client = client
+        self._session = http
         # (priority, order, task): ranges of files already started come before new files, so files
         # complete one after another (their hashes keep up) instead of all being half-fetched.
         self._tasks: queue.PriorityQueue[tuple[int, int, Callable[[], None] | None]] = queue.PriorityQueue()
@@ -275,16 +281,8 @@ class Transfer:
                     self._cond.notify_all()
 
     def run(self, files: Sequence[RemoteFile]) -> None:
-        import httpx
-
-        client = self._client or httpx.Client(
-            verify=_ssl_context(),
-            follow_redirects=True,
-            timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-            limits=httpx.Limits(max_connections=self.connections, max_keepalive_connections=self.connections),
-            trust_env=True,
-        )
-        self.client = client
+        http = self._session or session(self.connections)
+        self.http = http
         threads = [
             threading.Thread(target=self._worker, name=f"llmdock-pull-{i}", daemon=True)
             for i in range(self.connections)
@@ -306,8 +304,8 @@ class Transfer:
             for job in self._jobs:
                 job.save(force=True)
                 job.close()
-            if self._client is None:
-                client.close()
+            if self._session is None:
+                http.close()
         if self._errors:
             raise self._errors[0]
 
@@ -367,46 +365,60 @@ class Transfer:
     def _stream(self, job: _Job, r: rg.Range, lead: bool) -> rg.Range:
         """One request for what is left of ``r``; returns the range written into (the whole file
         when the server ignored Range). Raises HubError for anything worth retrying."""
-        import httpx
+        import requests
 
         remote, loc = job.remote, job.location
         headers = {**loc.headers, "Accept-Encoding": "identity"}
         if (r.pos, r.end) != (0, remote.size):
             headers["Range"] = f"bytes={r.pos}-{r.end - 1}"
         try:
-            with self.client.stream("GET", loc.url, headers=headers) as resp:
-                if resp.status_code in RETRY_STATUS:
-                    raise HubError(f"{remote.path}: the hub answered {resp.status_code}")
-                if resp.status_code >= 400:
-                    resp.read()
-                    resp.raise_for_status()
-                if resp.status_code == 206:
-                    self._check_content_range(resp, r, remote)
-                    if lead:
-                        self._queue_rest(job, r)
-                elif "Range" in headers:  # 200: the whole file, whatever we asked
-                    if not lead or job.queued:
-                        raise HubError(f"{remote.path}: the hub stopped honouring Range requests")
-                    lost = job.done_bytes()
-                    r = job.restart_whole()
-                    self.progress(
-                        {"event": "progress", "path": remote.path, "done": 0, "size": remote.size,
-                         "delta": -lost}
-                    )  # fmt: skip
-                self._body(job, r, resp)
-        except httpx.HTTPStatusError as e:
-            raise loc.translate(e, remote.path) from e
-        except httpx.TransportError as e:
+            resp = self.http.get(
+                loc.url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+            )
+        except requests.RequestException as e:
             if unreachable(e) is not None:  # the hub's own words: which endpoint, which variable
                 err = loc.translate(e, remote.path)
                 if isinstance(err, LlmdockError):
                     raise HubError(err.message, err.hint) from e
-            raise HubError(f"connection broke while reading {remote.path}: {e or type(e).__name__}") from e
+            raise HubError(f"request for {remote.path} failed: {e}") from e
+        complete = False
+        try:
+            if resp.status_code in RETRY_STATUS:
+                raise HubError(f"{remote.path}: the hub answered {resp.status_code}")
+            try:
+                resp.raise_for_status()
+            except requests.HTTPError as e:
+                raise loc.translate(e, remote.path) from e
+            if resp.status_code == 206:
+                self._check_content_range(resp.headers.get("Content-Range", ""), r, remote)
+                if lead:
+                    self._queue_rest(job, r)
+            elif "Range" in headers:  # 200: the whole file, whatever we asked
+                if not lead or job.queued:
+                    raise HubError(f"{remote.path}: the hub stopped honouring Range requests")
+                lost = job.done_bytes()
+                r = job.restart_whole()
+                self.progress(
+                    {"event": "progress", "path": remote.path, "done": 0, "size": remote.size, "delta": -lost}
+                )
+            length = resp.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) != r.size - r.done:
+                raise IntegrityError(
+                    f"{remote.path}: the hub sends {length} bytes where its listing makes {r.size - r.done}",
+                    "the hub's listing and its file disagree; try again later or another --source",
+                    files=[remote.path],
+                )
+            self._body(job, r, _reader(resp, remote.path))
+            complete = True
+        finally:
+            if complete:  # every byte read: the connection goes back to the pool for the next range
+                resp.raw.release_conn()
+            else:
+                resp.close()
         return r
 
     @staticmethod
-    def _check_content_range(resp: httpx.Response, r: rg.Range, remote: RemoteFile) -> None:
-        got = resp.headers.get("Content-Range", "")
+    def _check_content_range(got: str, r: rg.Range, remote: RemoteFile) -> None:
         want = f"bytes {r.pos}-{r.end - 1}/{remote.size}"
         if got != want:
             raise IntegrityError(
@@ -415,43 +427,44 @@ class Transfer:
                 files=[remote.path],
             )
 
-    def _body(self, job: _Job, r: rg.Range, resp: httpx.Response) -> None:
-        """Write the body at ``r``'s offset in big writes; bytes before a drop or cancel are kept."""
+    def _body(self, job: _Job, r: rg.Range, readinto: Callable[[memoryview], int]) -> None:
+        """Fill one reused buffer straight from the socket, write it at ``r``'s offset, hash it when
+        it sits at the hash cursor. Bytes that arrived before a drop or a cancel are kept."""
         remote = job.remote
-        buf = bytearray()
-
-        def flush() -> None:
-            nonlocal buf
-            if not buf:
-                return
-            if r.done + len(buf) > r.size:
-                raise IntegrityError(
-                    f"{remote.path}: the hub sent more than the {remote.size} bytes it listed",
-                    "the hub's listing and its file disagree; try again later or another --source",
-                    files=[remote.path],
+        buf = memoryview(bytearray(min(WRITE_BLOCK, max(1, r.size - r.done))))
+        while not r.complete:
+            want = min(len(buf), r.size - r.done)
+            got = 0
+            try:
+                while got < want:
+                    n = readinto(buf[got:want])
+                    if not n:
+                        break
+                    got += n
+            finally:
+                if got:
+                    at = r.pos
+                    _pwrite_all(job.fd, buf[:got], at)
+                    with job.lock:
+                        r.done += got
+                    job.advance_hash(written=(at, buf[:got]))
+                    done = job.done_bytes()
+                    self.progress(
+                        {
+                            "event": "progress",
+                            "path": remote.path,
+                            "done": done,
+                            "size": remote.size,
+                            "delta": got,
+                        }
+                    )
+            if got < want:
+                raise HubError(
+                    f"{remote.path}: the hub sent {r.done} of the {r.size} bytes asked at {r.start}"
                 )
-            n, at, data = len(buf), r.pos, buf
-            _pwrite_all(job.fd, data, at)
-            buf = bytearray()
-            with job.lock:
-                r.done += n
-            job.advance_hash(written=(at, data))
-            done = job.done_bytes()
-            self.progress({"event": "progress", "path": remote.path, "done": done, "size": remote.size,
-                           "delta": n})  # fmt: skip
-
-        try:
-            for chunk in resp.iter_raw():
-                buf += chunk
-                if len(buf) >= WRITE_BLOCK:
-                    flush()
-                    job.save()
-                    if self._stop.is_set():
-                        raise Cancelled()
-        finally:
-            flush()
-        if not r.complete:
-            raise HubError(f"{remote.path}: the hub sent {r.done} of the {r.size} bytes asked at {r.start}")
+            job.save()
+            if self._stop.is_set() and not r.complete:
+                raise Cancelled()
 
     def _finish(self, job: _Job) -> None:
         """Every range is on disk: complete the hash, check it, rename the part. A mismatch fetches
@@ -483,7 +496,35 @@ class Transfer:
         self.on_done(FileRecord(remote.path, remote.size, digest, checked))
 
 
-def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
+def _reader(resp: requests.Response, path: str) -> Callable[[memoryview], int]:
+    """``readinto`` for the body: from http.client under urllib3 when the body is plain (one copy,
+    socket to our buffer), else through urllib3's own read. Errors become HubError (retried)."""
+    import http.client
+
+    import urllib3.exceptions
+
+    fp = getattr(resp.raw, "_fp", None)
+    plain = resp.headers.get("Content-Encoding", "identity") == "identity"
+    errors = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError)
+
+    def direct(buf: memoryview) -> int:
+        try:
+            return int(fp.readinto(buf))  # type: ignore[union-attr]
+        except errors as e:
+            raise HubError(f"connection broke while reading {path}: {e or type(e).__name__}") from e
+
+    def through(buf: memoryview) -> int:
+        try:
+            data = resp.raw.read(len(buf), decode_content=True)
+        except errors as e:
+            raise HubError(f"connection broke while reading {path}: {e or type(e).__name__}") from e
+        buf[: len(data)] = data
+        return len(data)
+
+    return direct if plain and fp is not None and hasattr(fp, "readinto") else through
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
