@@ -1,7 +1,7 @@
 """Load a bundle on an offline host: verify every member, then load the image and register the model.
 
 Steps, under the model's lock: read the head (the first member) → look at the staging directory
-``models_dir/.staging/bundle-<head sha256[:16]>`` for members an earlier load verified → refuse a
+(:mod:`llmdock.bundle.staging`) for members an earlier load of this bundle verified → refuse a
 model that the store already holds with other files, and too little free space, before anything is
 written → read the rest of the stream: each member's name is checked (a plain file, a relative path of a
 bundle's kind, never ``..``, absolute, a link or a device) and its bytes go to ``NAME.part`` in
@@ -25,20 +25,18 @@ Events::
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import json
 import os
-import shutil
 import tarfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from llmdock.bundle import manifest as bm
 from llmdock.bundle.images import Images
-from llmdock.errors import Conflict, InsufficientSpace
+from llmdock.bundle.staging import Staging
+from llmdock.errors import Conflict
 from llmdock.models import disk, manifest
 from llmdock.models.manifest import Manifest
 from llmdock.models.names import ModelRef, parse_model_id
@@ -47,7 +45,6 @@ if TYPE_CHECKING:
     from llmdock.models.store import LocalModel, ModelStore
 
 Progress = Callable[[dict[str, Any]], None]
-PROGRESS_FILE = ".llmdock-bundle-progress.json"
 BLOCK = 1 << 20
 
 
@@ -115,16 +112,16 @@ class _Loader:
         self.store, self.head, self.head_sha, self.ref = store, head, head_sha, ref
         self.wheels_dir, self.progress = wheels_dir, progress
         self.images = images() if head.image is not None and images is not None else None
-        self.staging = store.root / ".staging" / f"bundle-{head_sha[:16]}"
+        self.staging = Staging(store.root, head_sha, head.model.key)
         self.expected = {m.path: m for m in head.members}
 
     def run(self, tar: tarfile.TarFile, members: Iterator[tarfile.TarInfo]) -> Loaded:
         head, store = self.head, self.store
         present = _present(store, self.ref, head)  # raises Conflict before anything is written
-        self._drop_other_bundles()
+        self.staging.drop_others()
         # no Images (the caller leaves the image out) reads as "there": nothing of it is staged or loaded
         image_there = self.images is None or (head.image is not None and self.images.has(head.image.id))
-        staged = self._staged()
+        staged = self.staging.staged()
         self.skip_weights = present is not None  # the store has these very files: no need to copy them
         need = bm.remaining_bytes(head, staged, image_there)
         if self.skip_weights:
@@ -132,7 +129,7 @@ class _Loader:
                 m.size for m in head.members if m.path.startswith(bm.WEIGHTS) and m.path not in staged
             )
         self._check_space(need, image_there)
-        self.staging.mkdir(parents=True, exist_ok=True)
+        self.staging.dir.mkdir(parents=True, exist_ok=True)
         kept: list[str] = []
         received: list[str] = []
         self.progress(
@@ -141,7 +138,7 @@ class _Loader:
                 "model": head.model.key,
                 "members": len(head.members),
                 "total_bytes": head.total_bytes + (head.image.size if head.image and self.images else 0),
-                "staging": str(self.staging),
+                "staging": str(self.staging.dir),
                 "kept": len(staged),
             }
         )
@@ -149,7 +146,7 @@ class _Loader:
         self._check_all_there(seal, staged)
         if head.image is not None and self.images is not None:
             if not image_there:
-                self.images.load(_read_parts(self.staging, seal.image_parts))
+                self.images.load(_read_parts(self.staging.dir, seal.image_parts))
                 if not self.images.has(head.image.id):
                     raise bm.BundleError(
                         f"`docker load` finished but image {head.image.id[:19]} is not on this Docker host",
@@ -165,7 +162,7 @@ class _Loader:
             )
         model = present if present is not None else self._register()
         wheel = self._keep_wheel()
-        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.remove()
         image_loaded = head.image is not None and not image_there
         return Loaded(model, wheel, head.image if self.images else None, image_loaded, kept, received)
 
@@ -246,8 +243,8 @@ class _Loader:
                 kept.append(name)
                 self.progress({"event": "member", "path": name, "size": have.size, "action": "kept"})
                 continue
-            staged[name] = self._extract(tar, info, want)
-            self._save(staged)
+            staged[name] = self.staging.extract(tar, info, want)
+            self.staging.save(staged)
             received.append(name)
             action = "received" if want is None else "verified"
             self.progress({"event": "member", "path": name, "size": info.size, "action": action})
@@ -255,62 +252,7 @@ class _Loader:
             f"the bundle ends early: {len(staged)} of its members are here and verified, its seal "
             f"({bm.SEAL}) is not — a copy that has not finished, or a file cut short",
             f"complete the copy and run `llmdock load` again: the {len(staged)} verified member(s) in "
-            f"{self.staging} are kept and not read again; nothing was registered or loaded",
-        )
-
-    def _extract(self, tar: tarfile.TarFile, info: tarfile.TarInfo, want: bm.Member | None) -> bm.Member:
-        """Copy one member to ``NAME.part``, hashing it; check it; rename it to ``NAME``."""
-        target = self.staging / info.name
-        root = self.staging.resolve()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.parent.resolve().is_relative_to(root) or target.is_symlink():
-            raise bm.BundleError(
-                f"bundle member {info.name} would be written outside {self.staging} (a link there)",
-                f"remove {self.staging} and load again",
-                member=info.name,
-            )
-        part = target.with_name(target.name + ".part")
-        part.unlink(missing_ok=True)
-        digest, size = hashlib.sha256(), 0
-        src = tar.extractfile(info)
-        assert src is not None  # a regular file
-        try:
-            with open(part, "xb") as out:
-                while block := src.read(BLOCK):
-                    digest.update(block)
-                    out.write(block)
-                    size += len(block)
-                out.flush()
-                os.fsync(out.fileno())
-        except tarfile.ReadError:
-            part.unlink(missing_ok=True)
-            raise self._cut_short(info.name) from None
-        except OSError as e:
-            part.unlink(missing_ok=True)
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise InsufficientSpace(
-                    f"the disk under {self.staging} filled up while loading {info.name}; nothing was registered",
-                    "free some space (or choose another --models-dir) and run the same load again: "
-                    "the verified members are kept",
-                    free=disk.probe(self.staging).free,
-                ) from e
-            raise
-        got = bm.Member(info.name, size, digest.hexdigest())
-        if want is not None:
-            try:
-                bm.check_bytes(want, size, got.sha256)
-            except bm.BundleError:
-                part.unlink(missing_ok=True)
-                raise
-        os.replace(part, target)
-        return got
-
-    def _cut_short(self, name: str) -> bm.BundleError:
-        return bm.BundleError(
-            f"the bundle ends early, inside member {name} — a copy that has not finished, or a file cut short",
-            f"complete the copy and run `llmdock load` again: the members verified before {name} are kept "
-            f"in {self.staging} and not read again; nothing was registered or loaded",
-            member=name,
+            f"{self.staging.dir} are kept and not read again; nothing was registered or loaded",
         )
 
     def _check_all_there(self, seal: bm.Seal, staged: dict[str, bm.Member]) -> None:
@@ -331,42 +273,12 @@ class _Loader:
                     member=part.path,
                 )
             if have != part:
-                (self.staging / part.path).unlink(missing_ok=True)
+                self.staging.discard(part.path)
                 del staged[part.path]
-                self._save(staged)
+                self.staging.save(staged)
                 bm.check_bytes(part, have.size, have.sha256)
         for extra in set(staged) - {m.path for m in seal.members}:
-            (self.staging / extra).unlink(missing_ok=True)  # from an earlier, different copy
-
-    # -- staging progress ------------------------------------------------------------------------------
-    def _drop_other_bundles(self) -> None:
-        """Another bundle of this model staged before is given up: this one registers the model (and
-        their image parts could never be mixed with these). We hold the model's lock."""
-        for other in (self.store.root / ".staging").glob("bundle-*"):
-            if other == self.staging:
-                continue
-            try:
-                model = json.loads((other / PROGRESS_FILE).read_text()).get("model")
-            except (OSError, ValueError, AttributeError):
-                continue
-            if model == self.head.model.key:
-                shutil.rmtree(other, ignore_errors=True)
-
-    def _staged(self) -> dict[str, bm.Member]:
-        try:
-            raw = json.loads((self.staging / PROGRESS_FILE).read_text())
-            found = [bm.Member(**m) for m in raw["members"]]
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return {}
-        return {
-            m.path: m
-            for m in found
-            if (self.staging / m.path).is_file() and (self.staging / m.path).stat().st_size == m.size
-        }
-
-    def _save(self, staged: dict[str, bm.Member]) -> None:
-        text = json.dumps({"model": self.head.model.key, "members": [asdict(m) for m in staged.values()]})
-        manifest.write_atomic(self.staging / PROGRESS_FILE, text)
+            self.staging.discard(extra)  # from an earlier, different copy
 
     # -- the end ---------------------------------------------------------------------------------------
     def _register(self) -> LocalModel:
@@ -374,7 +286,7 @@ class _Loader:
 
         lay = self.store.layout(self.ref)
         lay.weights.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(self.staging / bm.WEIGHTS.rstrip("/"), lay.weights)  # one filesystem: atomic
+        os.rename(self.staging.dir / bm.WEIGHTS.rstrip("/"), lay.weights)  # one filesystem: atomic
         stamp = manifest.now()
         m = Manifest(
             source=self.ref.source,
@@ -395,7 +307,7 @@ class _Loader:
     def _keep_wheel(self) -> Path:
         self.wheels_dir.mkdir(parents=True, exist_ok=True)
         target = self.wheels_dir / Path(self.head.wheel).name
-        os.replace(self.staging / self.head.wheel, target)
+        os.replace(self.staging.dir / self.head.wheel, target)
         return target
 
 
