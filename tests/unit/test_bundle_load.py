@@ -307,3 +307,54 @@ def test_dockers_disk_is_counted_for_the_image(bundle: bytes, tmp_path: Path, wh
     assert (
         load(store, bundle, MemoryImages(), tmp_path).model.status == "verified"
     )  # no data root: models disk only
+
+
+def _rewritten(bundle: bytes) -> bytes:
+    """The bundle with a shard changed and its manifest and seal rewritten to match: what sha256 alone
+    cannot catch, and the digest compared out of band does."""
+    import hashlib
+    import json
+
+    ms = bundles.members(bundle)
+    new = {info.name: data for info, data in ms}
+    new[SHARD] = bundles.flip_byte(SHARD)(ms)[[i.name for i, _ in ms].index(SHARD)][1]
+    digest = hashlib.sha256(new[SHARD]).hexdigest()
+    head = json.loads(new[bm.HEAD])
+    for m in head["members"]:
+        if m["path"] == SHARD:
+            m["sha256"] = digest
+    for f in head["model"]["files"]:
+        if "weights/" + f["path"] == SHARD:
+            f["sha256"] = digest
+    new[bm.HEAD] = (json.dumps(head, indent=1, sort_keys=True) + "\n").encode()
+    seal = json.loads(new[bm.SEAL])
+    seal["head_sha256"] = hashlib.sha256(new[bm.HEAD]).hexdigest()
+    for m in seal["members"]:
+        if m["path"] == SHARD:
+            m["sha256"] = digest
+    new[bm.SEAL] = json.dumps(seal).encode()
+    return bundles.rebuild(bundle, lambda ms: [(info, new[info.name]) for info, _ in ms])
+
+
+def test_the_digest_printed_by_bundle_proves_the_whole_bundle(
+    source: ModelStore, wheel: Path, target: ModelStore, tmp_path: Path
+) -> None:
+    out = io.BytesIO()
+    head = write_bundle(source, "tiny/model", out, wheel=wheel)
+    forged = _rewritten(out.getvalue())
+    with pytest.raises(IntegrityError) as e:
+        load_bundle(
+            target, io.BytesIO(forged), seekable=True, wheels_dir=tmp_path, images=None, expect=head.digest
+        )
+    assert f"not the expected {head.digest}" in e.value.message and target.list() == []
+    assert load(target, forged, MemoryImages(), tmp_path).model.status == "verified"  # without it: consistent
+    target.remove("tiny/model")
+    done = load_bundle(
+        target,
+        io.BytesIO(out.getvalue()),
+        seekable=True,
+        wheels_dir=tmp_path,
+        images=None,
+        expect=head.digest.upper(),
+    )
+    assert done.model.status == "verified"

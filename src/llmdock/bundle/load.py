@@ -69,11 +69,13 @@ def load_bundle(
     seekable: bool,
     wheels_dir: Path,
     images: Callable[[], Images] | None,
+    expect: str | None = None,
     progress: Progress = _quiet,
 ) -> Loaded:
     """Verify and load the bundle read from ``source`` (``seekable``: a file, whose verified members
     are skipped by seeking; else a pipe). ``images`` is called only when the bundle has an image;
-    None leaves the image out (not staged, not loaded: a host without Docker)."""
+    None leaves the image out (not staged, not loaded: a host without Docker). ``expect``: the digest
+    ``llmdock bundle`` printed (sha256 of the head), refused when the bundle's is another."""
     try:
         tar = tarfile.open(fileobj=source, mode="r:" if seekable else "r|", bufsize=BLOCK)  # noqa: SIM115 (with below)
     except tarfile.ReadError as e:
@@ -93,6 +95,13 @@ def load_bundle(
         head_bytes = _read_json_member(tar, first)
         head = bm.check_head(head_bytes)
         head_sha = hashlib.sha256(head_bytes).hexdigest()
+        if expect is not None and expect.strip().lower() != head_sha:
+            raise bm.BundleError(
+                f"the bundle's digest is {head_sha}, not the expected {expect.strip()}: it is another bundle, "
+                "or its manifest was rewritten",
+                bm.TAMPERED_HINT,
+                member=bm.HEAD,
+            )
         ref = parse_model_id(head.model.repo_id, head.model.source, head.model.revision)
         with store.lock(ref, progress):
             return _Loader(store, head, head_sha, ref, wheels_dir, images, progress).run(tar, members)

@@ -122,6 +122,12 @@ class Head:
     def total_bytes(self) -> int:
         return sum(m.size for m in self.members)
 
+    @property
+    def digest(self) -> str:
+        """sha256 of the head as written: it names the bundle, and — compared out of band with
+        ``load --expect`` — proves the whole bundle (every member's sha256 hangs off it)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
 
 @dataclass(frozen=True)
 class Seal:

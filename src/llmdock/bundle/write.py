@@ -69,7 +69,7 @@ def write_bundle(
         llmdock_version=__version__,
         created_at=manifest.now(),
     )
-    head_bytes = head.to_json().encode()
+    head_bytes = head.to_json().encode()  # what Head.digest hashes
     progress(
         {
             "event": "bundle_start",

@@ -96,6 +96,9 @@ def bundle(
     where = "stdout" if output == "-" else output
     image_text = f", image {head.image.name} ({head.image.id[:19]})" if head.image else ""
     err.print(f"wrote {where}: model {head.model.key}{image_text}, llmdock {head.llmdock_version}")
+    err.print(
+        f"digest {head.digest} (check it on the other side: `llmdock load FILE --expect {head.digest}`)"
+    )
 
 
 def load(
@@ -107,6 +110,12 @@ def load(
         bool,
         typer.Option("--no-image", help="Leave the image out (a host without Docker: the local runtime)."),
     ] = False,
+    expect: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DIGEST", help="Refuse the bundle unless its digest (printed by `bundle`) is this."
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Progress and the result as JSON lines.")] = False,
 ) -> None:
     """Verify a bundle, then load its image and register its model; resumes a partial copy.
@@ -125,6 +134,7 @@ def load(
             seekable=seekable,
             wheels_dir=settings.load().home / "wheels",
             images=None if no_image else _docker_images,
+            expect=expect,
             progress=say,
         )
     if json_out:
