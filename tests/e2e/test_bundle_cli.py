@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,12 +91,14 @@ def test_bundle_piped_into_load_on_a_fresh_host(
         )  # fmt: skip
     assert made.returncode == 0, made.stderr.decode()
     assert b"built from" in made.stderr and b"pip wheel --no-deps" in made.stderr
+    digest = re.search(rb"digest ([0-9a-f]{64})", made.stderr)
+    assert digest is not None
     docker_client.images.remove(image_id, force=True)
 
     dst = fresh(tmp_path)
     producer = subprocess.Popen([sys.executable, "-c", f"import sys, shutil; shutil.copyfileobj(open({str(out)!r}, 'rb'), sys.stdout.buffer)"], stdout=subprocess.PIPE)  # fmt: skip
     loaded = subprocess.run(
-        [*LLMDOCK, "load", "-"], stdin=producer.stdout, capture_output=True, text=True,
+        [*LLMDOCK, "load", "-", "--expect", digest.group(1).decode()], stdin=producer.stdout, capture_output=True, text=True,
         env={**os.environ, **dst}, timeout=300,
     )  # fmt: skip
     assert producer.stdout is not None
