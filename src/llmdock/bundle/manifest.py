@@ -23,6 +23,11 @@ on the loading side: resuming is for the same file (a copy completed later, a lo
 ``docker save`` of the same image is not byte-for-byte the same twice, so parts of two bundles must not
 mix. A load of a newer bundle of a model drops what an older one left in staging.
 
+What sha256 proves: that no member changed on its own (a bad copy, a flipped bit, a swapped file). It
+does not prove who wrote the bundle — one rewritten with its head and seal to match passes. The head's
+digest (:attr:`Head.digest`, printed by ``llmdock bundle``) closes that: every member's sha256 hangs off
+it, so ``llmdock load --expect DIGEST`` with the digest carried out of band refuses any other bundle.
+
 Example::
 
     head = build_head(model, image=ImageInfo("llmdock/engine:cpu", "sha256:…", 123), wheel=member,
