@@ -18,6 +18,7 @@ from llmdock.gateway.ui import language
 from llmdock.planning.inventory import Gpu
 from llmdock.runtimes.base import Deployment
 from llmdock.state import Store
+from llmdock.states import State
 
 GiB = 2**30
 STATIC = Path(__file__).parents[2] / "src" / "llmdock" / "gateway" / "static"
@@ -130,7 +131,7 @@ def test_strings_one_dict_per_language_with_the_same_keys_and_every_used_key() -
     used |= set(re.findall(r'\bt\("([a-z_]+\.[a-z_0-9]+|[a-z_]+)"', js))
     # Keys the script builds: "confirm." + action, "usage." + metric, "mem." + column.
     used |= {"confirm.start", "confirm.stop", "confirm.rm", "done.stop", "done.start", "done.rm"}
-    used |= {f"state.{state}" for state in ("created", "running", "restarting", "exited", "dead", "paused")}
+    used |= {f"status.{state.value}" for state in State}  # every state derive() can give
     limits = re.search(r"const LIMITS = \[([^\]]+)\]", js)
     assert limits is not None
     used |= {f"keys.{n}" for n in re.findall(r'"(\w+)"', limits.group(1))}

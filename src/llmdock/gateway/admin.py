@@ -46,6 +46,7 @@ from llmdock.gateway.wire import (
     UnsupportedMediaType,
     envelope,
 )
+from llmdock.states import LIFECYCLE, Event, derive, event
 
 Act = Callable[[Callable[[Any], Any]], Awaitable[Any]]
 BODY_LIMIT = 1024 * 1024
@@ -185,8 +186,8 @@ class Admin:
             raise NotFoundPath(f"no admin endpoint {method} {request.path}; see /openapi.json")
         act = self.act
         if len(parts) == 1 and method == "GET":
-            deps = await act(lambda c: c.lc.ps())
-            return json_response([self.deployment(d) for d in deps])
+            deps, last = await act(lambda c: (c.lc.ps(), c.store.health((*LIFECYCLE, Event.IDLE_STOPPED))))
+            return json_response([self.deployment(d, last) for d in deps])
         if len(parts) == 1 and method == "POST":
             body = await self.json(request)
             return json_response(await act(lambda c: c.create(body)), status=201)
@@ -299,10 +300,19 @@ class Admin:
             ],
         }
 
-    def deployment(self, d: Any) -> dict[str, Any]:
+    def deployment(self, d: Any, last: dict[str, tuple[str, int]]) -> dict[str, Any]:
+        """A deployment as ``ps --json`` has it, with the gateway's health view and the state derived
+        from both (``status``: ready, starting, unhealthy, stopped, failed…)."""
         data = {k: v for k, v in vars(d).items() if k != "spec"}
         route = self.table.routes.get(d.name)
-        data["healthy"] = route.ready if route is not None else False
+        healthy = data["healthy"] = route.ready if route is not None else False
+        lifecycle = event(last.get(d.name, ("", 0))[0])
+        health = None
+        if healthy:
+            health = Event.HEALTHY
+        elif route is not None and any(r.probed_at for r in route.replicas) and lifecycle is Event.READY:
+            health = Event.UNHEALTHY  # it was ready, and the gateway's probe now fails
+        data["status"] = derive(d.state, d.exit_code, lifecycle, health).value
         return data
 
 

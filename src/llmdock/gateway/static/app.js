@@ -181,13 +181,12 @@ function drawDeployments() {
 }
 
 function deploymentRow(d) {
+  // d.status is the gateway's one derivation (llmdock.states.derive): ready, starting, unhealthy, stopped…
   const running = d.state === "running";
   const last = S.phases[d.name];
-  const stopped = !running && ["stopped", "idle-stopped"].includes(last);
-  const code = d.state === "exited" && d.exit_code !== null ? " (" + d.exit_code + ")" : "";
-  const state = stopped
-    ? el("span", { class: "badge", text: t("dep.stopped") })
-    : el("span", { class: "badge " + (running ? "ok" : "bad"), text: t("state." + d.state) + code });
+  const code = d.status === "failed" && d.exit_code !== null ? " (" + d.exit_code + ")" : "";
+  const tone = { ready: "ok", starting: "warn", pending: "warn", stopping: "warn", stopped: "" }[d.status];
+  const state = el("span", { class: "badge " + (tone ?? "bad"), text: t("status." + d.status) + code });
   let phase;
   if (d.healthy && running) phase = el("span", { class: "badge ok", text: t("dep.ready") });
   else if (running) phase = el("span", { class: "badge warn", text: last || t("dep.starting") });
