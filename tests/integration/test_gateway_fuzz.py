@@ -20,6 +20,7 @@ import asyncio
 import collections
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -143,8 +144,8 @@ def engine_problems(rec: Recorder, todo: list[tuple[Case, Verdict]]) -> tuple[li
     """What reached the engine that h11 did not accept, or not as h11 parsed it; and how many arrived."""
     accepted: dict[bytes, Parsed] = {}
     for _, verdict in todo:
-        for parsed in verdict.accepted:
-            accepted[parsed.body] = parsed
+        for one in verdict.accepted:
+            accepted[one.body] = one
     problems = [f"the engine got bytes that are not HTTP ({why}): {raw[:300]!r}" for why, raw in rec.garbage]
     counts: collections.Counter[bytes] = collections.Counter()
     arrived = 0
@@ -171,6 +172,7 @@ def engine_problems(rec: Recorder, todo: list[tuple[Case, Verdict]]) -> tuple[li
     return problems, arrived
 
 
+@pytest.mark.slow
 def test_differential_fuzz(gateway: Gateway) -> None:
     todo = [(case, h11_verdict(case.data)) for case in cases(SEED, COUNT, gateway.key)]
     t0 = time.monotonic()
@@ -194,3 +196,18 @@ def test_differential_fuzz(gateway: Gateway) -> None:
     assert gateway.served.proc.poll() is None, "the gateway exited"
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:40])
     assert arrived >= COUNT // 5, f"only {arrived} requests reached the engine: the fuzz tests little"
+
+
+@pytest.mark.parametrize("target", [b"/health", b"/openapi.json", b"127.0.0.1:443"])
+def test_connect_is_a_405_not_a_switch_of_protocols(gateway: Gateway, target: bytes) -> None:
+    """Found by the fuzz (LLMDOCK_FUZZ_SEED=9): a 2xx to CONNECT switches protocols in h11, so
+    ``CONNECT /health`` got its headers, no body, and a traceback in the log."""
+    with socket.create_connection(("127.0.0.1", gateway.served.port), timeout=5) as sock:
+        sock.sendall(b"CONNECT %b HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % target)
+        answer = b""
+        while data := sock.recv(65536):  # to the close
+            answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405 ") and b"connection: close" in head.lower()
+    assert json.loads(body)["error"]["code"] == "method_not_allowed"
+    assert "Traceback" not in gateway.served.log.read_text()

@@ -11,8 +11,9 @@ be checked first and a keyless client never costs its body's memory) and returns
         return out
 
 :class:`App` is the ASGI callable: it refuses what h11 lets through and RFC 9112 does not (an HTTP
-version other than 1.0/1.1, ``Transfer-Encoding`` on HTTP/1.0 or beside ``Content-Length``), and a client
-that disconnects cancels its handler, which is how the proxy aborts the engine's request.
+version other than 1.0/1.1, ``Transfer-Encoding`` on HTTP/1.0 or beside ``Content-Length``), and
+``CONNECT`` (not a forward proxy); a client that disconnects cancels its handler, which is how the
+proxy aborts the engine's request.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from llmdock.gateway.wire import (
     BodyTooLarge,
     GatewayError,
     HeadersTooLarge,
+    MethodNotAllowed,
     VersionNotSupported,
     envelope,
 )
@@ -215,6 +217,8 @@ def framing_error(req: Request, header_bytes: int) -> GatewayError | None:
         return BadRequest("Transfer-Encoding is not allowed in an HTTP/1.0 request (RFC 9112 §6.1)")
     if te is not None and req.header("content-length") is not None:
         return BadRequest("a request may not carry both Transfer-Encoding and Content-Length")
+    if req.method == "CONNECT":  # a 2xx to it would switch protocols (h11), leaving the answer cut
+        return MethodNotAllowed("CONNECT is not served here: the gateway is no forward proxy")
     return None
 
 

@@ -19,13 +19,15 @@ class Case:
     why: list[str]
     methods: tuple[bytes, ...]  # of the requests it was built with (two when pipelined)
     writes: tuple[int, ...]  # offsets at which the data is split into separate writes
+    pause_s: float = 0.0  # between those writes
 
     @property
     def requests(self) -> int:
         return len(self.methods)
 
     def show(self) -> str:
-        return f"case {self.n} ({', '.join(self.why) or 'unmutated'}): {self.data[:600]!r}"
+        why = ", ".join(self.why) or "unmutated"
+        return f"case {self.n} ({why}; {len(self.data)} bytes in {len(self.writes) + 1} writes): {self.data[:600]!r}"
 
 
 @dataclass
@@ -93,6 +95,8 @@ def base(n: int, k: int, key: str, rng: random.Random) -> Req:
     if rng.random() < 0.15:  # a stream the gateway forwards unchanged (usage already asked for)
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
+    if rng.random() < 0.03:  # about the gateway's body limit here (1 MiB): forwarded whole, or a 413
+        payload["pad"] = "p" * rng.choice([900_000, 1_100_000])
     body = json.dumps(payload).encode()
     headers = [
         b"Host: 127.0.0.1",
@@ -368,7 +372,7 @@ def cases(seed: int, count: int, key: str) -> Iterator[Case]:
     rng = random.Random(seed)
     for n in range(count):
         data, why, method = build(n, 0, key, rng, rng.choice([0, 1, 1, 1, 2, 2, 3]))
-        methods = (method,)
+        methods: tuple[bytes, ...] = (method,)
         if rng.random() < 0.12:  # a second request in the same write
             second, why2, method2 = build(n, 1, key, rng, rng.choice([0, 0, 1]))
             data += second
@@ -385,7 +389,9 @@ def cases(seed: int, count: int, key: str) -> Iterator[Case]:
             cut = rng.randint(0, len(data) - 1)
             data = data[:cut]
             why.append(f"cut at {cut}")
-        writes = tuple(
-            sorted(rng.sample(range(1, len(data)), max(0, min(len(data) - 1, rng.choice([0, 0, 1, 2])))))
-        )
-        yield Case(n, data, why, methods, writes)
+        dribble = rng.random() < 0.1  # pieces apart in time, so the server reads them one by one
+        if dribble:
+            why.append("dribbled")
+        pieces = rng.choice([2, 3, 5]) if dribble else rng.choice([0, 0, 1, 2])
+        writes = tuple(sorted(rng.sample(range(1, len(data)), max(0, min(len(data) - 1, pieces)))))
+        yield Case(n, data, why, methods, writes, 0.02 if dribble else 0.0)

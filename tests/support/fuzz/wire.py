@@ -4,6 +4,7 @@ client (a malformed answer is reported, not guessed around)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass, field
 
 import h11
@@ -31,32 +32,37 @@ class Outcome:
 
 async def exchange(port: int, case: Case, verdict: Verdict, deadline_s: float) -> Outcome:
     """Send ``case`` on a fresh connection; read answers until ``case.requests`` are in, the server
-    closes, or ``deadline_s`` after the last write."""
+    closes, or ``deadline_s`` after the last write. A plain non-blocking socket, written and read at
+    once: after a reset the kernel still hands over what arrived before it (an asyncio transport
+    would drop it on the failed write)."""
     loop = asyncio.get_running_loop()
     out = Outcome()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    t0 = loop.time()
-    # read while writing: an answer that arrives early is taken in before a reset could discard it
-    reading = asyncio.ensure_future(read_answers(reader, case, verdict, out, t0 + deadline_s))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
     try:
-        start = 0
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        t0 = loop.time()
+        reading = asyncio.ensure_future(read_answers(sock, case, verdict, out, t0 + deadline_s))
         try:
+            start = 0
             for cut in (*case.writes, len(case.data)):
-                writer.write(case.data[start:cut])
-                await writer.drain()
+                if start and case.pause_s:
+                    await asyncio.sleep(case.pause_s)  # shaping the traffic, not waiting for anything
+                if reading.done():
+                    break
+                await loop.sock_sendall(sock, case.data[start:cut])
                 start = cut
-        except ConnectionError:
+        except OSError:
             pass  # refused mid-write: what it answered is still read
         await reading
         out.waited_s = loop.time() - t0
     finally:
-        reading.cancel()
-        writer.close()
+        sock.close()
     return out
 
 
 async def read_answers(
-    reader: asyncio.StreamReader, case: Case, verdict: Verdict, out: Outcome, deadline: float
+    sock: socket.socket, case: Case, verdict: Verdict, out: Outcome, deadline: float
 ) -> None:
     loop = asyncio.get_running_loop()
     framings = answer_framings(case, verdict)
@@ -74,8 +80,8 @@ async def read_answers(
             return
         left = deadline - loop.time()
         try:
-            data = await asyncio.wait_for(reader.read(65536), left) if left > 0 else None
-        except (ConnectionError, OSError):
+            data = await asyncio.wait_for(loop.sock_recv(sock, 65536), left) if left > 0 else None
+        except OSError:
             data, out.reset = b"", True
         except asyncio.TimeoutError:
             data = None
