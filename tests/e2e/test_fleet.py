@@ -68,7 +68,16 @@ def test_add_hosts_and_list_what_they_have(hosts: Fleet, fleet_home: Path, engin
     assert bad.returncode == 1 and "host name '../a' is not allowed" in bad.stderr
     bad = cli("hosts", "add", "a", "http://10.213.1.2")
     assert bad.returncode == 1 and "is not an ssh://USER@HOST URL" in bad.stderr
+    a = hosts.hosts["a"]
+    t0 = time.monotonic()
+    down = cli("hosts", "add", "c", f"ssh://root@{a.address}:2222", "--identity", str(hosts.identity))
+    assert down.returncode == 1 and time.monotonic() - t0 < 10
+    assert (
+        "host c (root@10.213.1.2:2222) is not reachable:" in down.stderr
+        and "Connection refused" in down.stderr
+    )
     assert list(ls()) == ["local"]  # nothing was added
+    assert not (fleet_home / "hosts" / "c").exists()
 
     done = cli(*add_args(hosts, "a", hosts.hosts["a"].probe_image))
     assert done.returncode == 0, done.stderr
@@ -151,8 +160,9 @@ def test_up_on_a_remote_host_serves_through_the_gateway(
     stopped = cli("stop", NAME, "--timeout", "5")
     assert stopped.returncode == 0, stopped.stderr
     assert hosts.hosts["b"].client.containers.get(NAME).status == "exited"
-    started = cli("start", NAME, "--timeout", "120")
+    started = cli("start", NAME, "--no-wait")  # (its engine was seen serving above: not again)
     assert started.returncode == 0 and "started" in started.stdout, started.stderr
+    assert hosts.hosts["b"].client.containers.get(NAME).status == "running"
     refused = cli("hosts", "rm", "b")
     assert refused.returncode == 1 and f"host b still has deployments: {NAME}" in refused.stderr
     assert f"llmdock rm -f {NAME}" in refused.stderr

@@ -2,7 +2,8 @@
 
 Facts (GPUs, ports, RAM, disk) are read through a probe container, which takes a second or two over
 SSH; they are cached in the database for :data:`FACTS_TTL_S`, so ``plan`` then ``up``, or ``hosts ls``
-after ``up``, read a host once. ``up`` itself always reads fresh facts before it places anything.
+after ``up``, read a host once. What changes in between (a port taken there since) is met by the
+engine itself, which then fails to start and says so.
 """
 
 from __future__ import annotations
