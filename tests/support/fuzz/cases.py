@@ -125,7 +125,7 @@ def to_chunked(r: Req, rng: random.Random, te: bytes = b"chunked") -> None:
 # fmt: off
 METHODS = [
     b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE", b"CONNECT", b"post", b"P0ST", b"",
-    b"PO ST", b"POST\x00", b"PO\tST", b"X" * 300, b"POST/", b"\xc3\xa9", b"GET /x HTTP/1.1\r\nPOST",
+    b"PO ST", b"POST\x00", b"PO\tST", b"X" * 300, b"POST/", b"\xc3\xa9", b"GET /x HTTP/1.1\r\nPOST", b"PRI", b"M-SEARCH",
 ]
 TARGETS = [
     b"/v1/completions", b"/v1/embeddings", b"/v1/models", b"/v1/models/mock", b"/health", b"/metrics",
@@ -137,6 +137,7 @@ TARGETS = [
     b"/v1/chat/completions;x", b"/v1/load_lora_adapter", b"//v1/chat/completions",
     b"/v1/chat/completions?a=b c", b"v1/chat/completions", b"/v1/chat/completions?" + b"q" * 3000,
     b"/v1/chat/completions\\..\\x", b"/v1/chat/%63ompletions", b"/v1/chat/completions?\x7f",
+    b"/ui", b"/ui/", b"/ui/app.js", b"/openapi.json", b"/admin/v1/deployments", b"/admin/v1/usage", b"/",
 ]
 VERSIONS = [
     b"HTTP/1.0", b"HTTP/2.0", b"HTTP/0.9", b"http/1.1", b"HTTP/1.10", b"HTTP/1", b"HTTP/1.1 ",
@@ -345,7 +346,7 @@ def mutate_eol(r: Req, rng: random.Random) -> str:
         i = rng.randrange(len(r.headers))
         r.headers[i] += rng.choice([b"\r", b"\n", b"\r\r"])
         return "a stray line end"
-    r.prefix = rng.choice([b"\r\n", b"\n", b"\r\n\r\n", b" ", b"\x00"])
+    r.prefix = rng.choice([b"\r\n", b"\n", b"\r\n\r\n", b" ", b"\x00", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"])
     return f"prefix {r.prefix!r}"
 
 

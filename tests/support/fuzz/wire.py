@@ -125,8 +125,8 @@ def parse_answers(raw: bytes, methods: list[str], eof: bool) -> tuple[list[Answe
         try:
             event = client.next_event()
         except h11.RemoteProtocolError as e:
-            if eof and answer is None and not answers and not raw:
-                return answers, True, None  # closed with no answer begun
+            if eof and answer is None and not client.trailing_data[0]:
+                return answers, True, None  # closed between answers, none begun
             return answers, False, str(e)
         if event is h11.NEED_DATA:
             return answers, False, None
