@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from llmdock.errors import IntegrityError
+from llmdock.errors import ConfigError, HubError, IntegrityError, NotFound
 from llmdock.models import ranges as rg
 from llmdock.models.names import parse_model_id
 from llmdock.models.store import ModelStore
@@ -183,3 +183,40 @@ def test_the_connection_setting_bounds_a_pull(
     m = store.pull(REPO)
     assert m.complete and hub.max_active == 1
     assert starts(hub, SHARD) == [0]  # one connection: one range per file
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_a_file_gone_from_the_hub_after_the_listing_is_not_found(
+    store: ModelStore, hub: LocalHub, source: str
+) -> None:
+    def vanish(event: dict[str, object]) -> None:
+        if event["event"] == "plan":
+            del hub.repos[REPO][SHARD]
+
+    with pytest.raises(NotFound, match="not found") as e:
+        store.pull(REPO, source=source, progress=vanish)
+    assert SHARD in e.value.message and e.value.hint
+    assert store.list() == []
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_a_hub_that_goes_away_mid_pull_is_named_after_the_retries(
+    store: ModelStore, hub: LocalHub, source: str
+) -> None:
+    def stop(event: dict[str, object]) -> None:
+        if event["event"] == "plan":
+            hub.__exit__()  # nothing listens at the endpoint any more
+
+    with pytest.raises(HubError, match="kept failing after 5 attempts") as e:
+        store.pull(REPO, source=source, progress=stop)
+    assert "cannot reach" in e.value.message and hub.url in e.value.message
+    assert "run the same pull again" in e.value.hint or "mirror" in e.value.hint
+
+
+def test_a_bad_connection_setting_is_refused_before_anything_happens(
+    store: ModelStore, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMDOCK_PULL_CONNECTIONS", "0")
+    with pytest.raises(ConfigError, match="pull_connections '0'"):
+        store.pull(REPO)
+    assert hub.log == [] and not store.root.exists()

@@ -64,7 +64,8 @@ def pull(
     reached. Raises NotFound, HubError, InsufficientSpace, IntegrityError or InvalidSpec.
     """
     sources = ["modelscope", "huggingface"] if source == "auto" else [source]
-    transfer.warm_up()
+    if store.connections:  # a bad LLMDOCK_PULL_CONNECTIONS is refused here, before anything happens
+        transfer.warm_up()
     failures: list[HubError | NotFound] = []
     for s in sources:
         ref = parse_model_id(model_id, s, revision)
