@@ -9,7 +9,7 @@ Several nodes per copy (``--nodes N``) follow vLLM's multi-node recipe: tensor p
 pipeline parallel across nodes (TP x PP), Ray as the executor. The leader's argv is planned for one
 node holding one pipeline stage (:func:`pipeline_stage`: 1/N of the layers and weights) with
 ``--pipeline-parallel-size N --distributed-executor-backend ray``, so memory, context and TP are
-checked as ``up`` checks them.
+checked as ``up`` checks them (:mod:`llmdock.planning.multinode`, shared with ``up --nodes``).
 
 Example::
 
@@ -25,8 +25,9 @@ import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from llmdock.errors import DoesNotFit, InvalidSpec
+from llmdock.errors import DoesNotFit
 from llmdock.planning.inventory import Gpu, Inventory
+from llmdock.planning.multinode import check_nodes, pipeline_stage, stage_spec
 from llmdock.planning.plan import Plan, make_plan
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from llmdock.spec import DeploymentSpec
 
 PORT = 8000  # vLLM's own default; a pod has its own network, so no port is ever taken
-MULTI_NODE_FLAGS = ("--pipeline-parallel-size", "-pp", "--distributed-executor-backend")
 # Kubernetes object names (Service: RFC 1035 label): lower-case letters, digits and '-', a letter first.
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 
@@ -128,11 +128,7 @@ def plan_cluster(
 ) -> ClusterPlan:
     """Plan ``spec`` (already through :func:`for_cluster`) for pods on ``cluster``; ``model_path`` is
     the weights' path inside the models volume. Raises what ``up`` would, before anything is written."""
-    if not 1 <= cluster.nodes <= 64:
-        raise InvalidSpec(
-            f"--nodes {cluster.nodes} is outside 1-64",
-            "give --nodes 2 (or more) for a model bigger than a node",
-        )
+    check_nodes(cluster.nodes)
     notes: tuple[str, ...] = ()
     if cluster.nodes > 1:
         plan, per_node = _plan_multi_node(spec, cluster, facts, model_path)
@@ -163,41 +159,8 @@ def _plan_multi_node(
     spec: DeploymentSpec, cluster: Cluster, facts: ModelFacts | None, model_path: str
 ) -> tuple[Plan, int]:
     """The leader's plan for TP k x PP N (k: --tp, --gpus N or a whole node) and k."""
-    from llmdock.planning.gpus import parse_gpus
-
     nodes, node_gpus = cluster.nodes, cluster.node_gpus
-    hint = "give --nodes 1, or serve it with --engine vllm on GPUs"
-    if spec.engine != "vllm":
-        raise InvalidSpec(f"--nodes {nodes} renders vLLM's multi-node recipe (Ray), not {spec.engine}", hint)
-    request = parse_gpus(spec.gpus)
-    if request.kind == "none":
-        raise InvalidSpec(
-            f"--nodes {nodes} spreads a model over GPU nodes, and --gpus none asks for none", hint
-        )
-    for arg in spec.extra_args:
-        if arg.split("=", 1)[0].replace("_", "-") in MULTI_NODE_FLAGS:
-            raise InvalidSpec(
-                f"{arg.split('=', 1)[0]} after `--` would override what --nodes {nodes} sets",
-                "leave it out: --nodes N sets pipeline parallel N over Ray",
-            )
-    per_node = spec.tensor_parallel_size or request.count or len(request.indices) or len(node_gpus)
-    if per_node > len(node_gpus):
-        raise InvalidSpec(
-            f"tensor parallel {per_node} needs {per_node} GPUs in one node, and a node has {len(node_gpus)}",
-            f"give --tp {len(node_gpus)} or less (tensor parallel inside a node, pipeline parallel across nodes)",
-        )
-    leader = replace(
-        spec,
-        gpus=str(per_node),
-        tensor_parallel_size=per_node,
-        extra_args=[
-            *spec.extra_args,
-            "--pipeline-parallel-size",
-            str(nodes),
-            "--distributed-executor-backend",
-            "ray",
-        ],
-    )
+    leader, per_node = stage_spec(spec, nodes, len(node_gpus))
     stage = pipeline_stage(facts, nodes) if facts else None
     try:
         return cluster.plan(leader, node_gpus[:per_node], stage, model_path), per_node
@@ -205,21 +168,3 @@ def _plan_multi_node(
         raise DoesNotFit(
             f"one of {nodes} pipeline stages: {e.message}", f"{e.hint}; or more --nodes", e.alternatives
         ) from None
-
-
-def pipeline_stage(facts: ModelFacts, stages: int) -> ModelFacts:
-    """What one node holds under pipeline parallel ``stages``: its share of the layers and weights
-    (vLLM splits the layers evenly; the embeddings and a vision tower, on the first and last stage,
-    are shared out too, which a fifth of memory headroom covers). Heads are untouched: tensor
-    parallel inside the node must still divide them."""
-
-    def share(n: int) -> int:
-        return -(-n // stages)
-
-    return replace(
-        facts,
-        num_layers=share(facts.num_layers),
-        sliding_layers=share(facts.sliding_layers),
-        dense_layers=share(facts.dense_layers),
-        weight_bytes=share(facts.weight_bytes),
-    )
