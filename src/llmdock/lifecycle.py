@@ -391,8 +391,10 @@ class Lifecycle:
         assume_gpus: tuple[Gpu, ...] = (),
         planned: tuple[Holding, ...] = (),
         deployments: list[Deployment] | None = None,
+        model_dir: str | None = None,
     ) -> Plan:
-        """The plan of ``spec`` on ``host``."""
+        """The plan of ``spec`` on ``host`` (``model_dir``: where the weights are there, when not
+        where they are here)."""
         spec = self._on(self.resolve(spec), host)
         image = spec.engine_env if spec.runtime == "local" and spec.engine_env else spec.image or ""
         notes = [weights.note] if weights.note else []
@@ -417,7 +419,7 @@ class Lifecycle:
                 host=host,
                 deployments=deployments,
             ),
-            model_dir=str(weights.path or spec.model),
+            model_dir=model_dir or str(weights.path or spec.model),
             image=image,
             port_range=self.settings.port_range,
             engine_version=version,
@@ -472,6 +474,8 @@ class Lifecycle:
                 on_phase("downloading weights")
             path = fetch(spec.model, self.settings.models_dir, self.pull)
             plan = self.plan(spec, exclude_port=exclude, weights=Weights(path, *read_facts(path)))
+        if plan.host != LOCAL and weights.path is not None:
+            plan = self._weights_to(plan, spec, weights, exclude, on_phase)
         action = "created"
         if existing is not None:
             self.runtimes.remove(spec.name, force=True)
@@ -483,6 +487,39 @@ class Lifecycle:
         self.store.save_deployment(spec.name, plan.spec.to_dict(), plan.spec_hash, runtime=spec.runtime)
         self.store.record(spec.name, Event.CREATED, plan.spec_hash)
         return self._finish(UpResult(plan, action, dep), wait, timeout, on_phase)
+
+    def _weights_to(
+        self,
+        plan: Plan,
+        spec: DeploymentSpec,
+        weights: Weights,
+        exclude: int | None,
+        on_phase: Callable[[str], None] | None,
+    ) -> Plan:
+        """Copy the weights to ``plan.host``'s models dir unless they are there already (verified by
+        sha256 either way, refused before anything is written when the disk there cannot hold them),
+        and plan again with them at that path."""
+        from llmdock.hosts.remote import RemoteRuntime
+        from llmdock.hosts.weights import remote_path
+
+        assert weights.path is not None
+        rt = self.runtimes.named(member_key("docker", plan.host))
+        if not isinstance(rt, RemoteRuntime):
+            return plan  # a host in memory (tests): its weights are where they are here
+        models_dir = rt.host.models_dir or str(self.settings.models_dir)
+        remote = remote_path(weights.path, self.settings.models_dir, models_dir)
+        facts = self.host_facts(plan.host)
+        if on_phase is not None:
+            on_phase(f"checking the weights on {plan.host}")
+        copied = rt.ensure_weights(
+            plan.container.image, weights.path, remote, models_dir, facts.disk_free_bytes, on_phase
+        )
+        if copied:
+            self.store.record(spec.name, Event.WEIGHTS_COPIED, f"{plan.host}:{remote}")
+        replanned = self._plan_on(
+            spec, plan.host, weights, strict=True, exclude_port=exclude, model_dir=remote
+        )
+        return replace(replanned, notes=replanned.notes + plan.notes[len(replanned.notes) :])
 
     def _plan_existing(self, spec: DeploymentSpec, existing: Deployment) -> Plan:
         """What ``existing`` was planned as, on the host it runs on (for ``up`` of an unchanged spec)."""

@@ -45,6 +45,7 @@ class Event(str, Enum):
     ADOPTED = "adopted"
     REMOVED = "removed"
     POLICY = "policy"
+    WEIGHTS_COPIED = "weights-copied"  # to the host it runs on (`up --host`)
     # supervision, by `llmdock serve`
     UNHEALTHY = "unhealthy"
     HEALTHY = "healthy"

@@ -53,7 +53,7 @@ def add_args(f: Fleet, name: str, probe_image: str) -> list[str]:
     h = f.hosts[name]
     return [
         "hosts", "add", name, h.url, "--identity", str(f.identity), "--docker-socket", h.socket,
-        "--probe-image", probe_image,
+        "--probe-image", probe_image, "--models-dir", str(h.models_dir),
     ]  # fmt: skip
 
 
@@ -135,10 +135,16 @@ def test_up_on_a_remote_host_serves_through_the_gateway(
     assert result["host"] == "b" and result["url"].startswith("http://10.213.2.2:")
     container = hosts.hosts["b"].client.containers.get(NAME)  # on b's own Docker, labelled
     assert container.labels["io.llmdock.name"] == NAME and container.status == "running"
+    copied = hosts.hosts["b"].models_dir / tiny_model.name  # the weights, copied to b's models dir
+    assert [m["Source"] for m in container.attrs["Mounts"]] == [str(copied)]
+    for f in tiny_model.iterdir():
+        assert (copied / f.name).read_bytes() == f.read_bytes()
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(NAME)  # and not on this host's
     again = cli(*up)
     assert again.returncode == 0 and "already running" in again.stdout
+    kinds = [e["kind"] for e in json.loads(cli("inspect", NAME).stdout)["events"]]
+    assert kinds.count("weights-copied") == 1, kinds
 
     ps = json.loads(cli("ps", "--json").stdout)
     mine = [d for d in ps if d["name"] == NAME]

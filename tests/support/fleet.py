@@ -83,6 +83,11 @@ class FleetHost:
         return str(self.run_dir / "docker.sock")
 
     @property
+    def models_dir(self) -> Path:
+        """A models dir for ``hosts add --models-dir`` that is this host's alone (removed with it)."""
+        return self.root / "models"
+
+    @property
     def probe_image(self) -> str:
         return FAKE_GPU_IMAGE if self.gpus_csv else ""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import atexit
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,11 @@ class RemoteRuntime:
 
         tunnel = Tunnel(self.host, self.known_hosts, first=self.first).open()
         try:
-            client = docker.DockerClient(base_url=tunnel.url, timeout=API_TIMEOUT_S)
+            try:
+                client = docker.DockerClient(base_url=tunnel.url, timeout=API_TIMEOUT_S)
+            except _errors():  # once more: a forward's first connection can be reset on a loaded host
+                time.sleep(0.5)
+                client = docker.DockerClient(base_url=tunnel.url, timeout=API_TIMEOUT_S)
             client.ping()
         except _errors() as e:
             tunnel.close()
@@ -151,6 +155,33 @@ class RemoteRuntime:
             )
         try:
             return probe(rt.client, image, models_dir, gpu_runtime, version)
+        except _errors() as e:
+            raise translate(e) from e
+
+    def ensure_weights(
+        self,
+        image: str,
+        local: Path,
+        remote: str,
+        models_dir: str,
+        free_bytes: int | None,
+        on_phase: Callable[[str], None] | None = None,
+    ) -> bool:
+        """:func:`llmdock.hosts.weights.ensure_weights` on this host; True when they were copied."""
+        from llmdock.hosts.weights import ensure_weights
+
+        client = self.docker().client
+        try:
+            return ensure_weights(
+                client,
+                image,
+                local,
+                remote,
+                models_dir,
+                host=self.host.name,
+                free_bytes=free_bytes,
+                on_phase=on_phase,
+            )
         except _errors() as e:
             raise translate(e) from e
 
