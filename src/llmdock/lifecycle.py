@@ -337,11 +337,19 @@ class Lifecycle:
 
         facts = self.prefetch_facts([h for h in hosts if h != LOCAL])
         deployments = self.runtimes.deployments()
+        size = sum(f.stat().st_size for f in weights.path.rglob("*") if f.is_file()) if weights.path else 0
         options, notes = [], []
         for host in hosts:
             found = facts.get(host)
             if isinstance(found, RuntimeUnavailable):
                 notes.append(f"host {host} left out: {found.message}")
+                continue
+            free_disk = found.disk_free_bytes if found is not None else None
+            if free_disk is not None and size > free_disk:  # the weights would be copied there
+                notes.append(
+                    f"host {host} left out: {free_disk / 2**30:.1f} GiB free in its models dir, "
+                    f"the weights need {size / 2**30:.1f} GiB"
+                )
                 continue
             try:
                 plan = self._plan_on(spec, host, weights, strict=False, deployments=deployments, **kwargs)

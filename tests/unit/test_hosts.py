@@ -249,3 +249,11 @@ def test_engine_keys_are_per_deployment_and_owner_only(tmp_path: Path) -> None:
     assert keys.read("a") is None and keys.read("../etc/passwd") is None
     with pytest.raises(ValueError):
         keys.path("../x")
+
+
+def test_a_host_whose_models_disk_cannot_hold_the_weights_is_left_out(tmp_path: Path, model: str) -> None:
+    small = HostFacts(**{**vars(gpu_host(70)), "disk_free_bytes": 1})
+    lc, _ = fleet_lifecycle(tmp_path / "home", a=small, b=gpu_host(70, 70))
+    plan = lc.plan(DeploymentSpec.create(model, name="g", engine="vllm"), strict=False)
+    assert plan.host == "b"
+    assert any(n.startswith("host a left out: 0.0 GiB free in its models dir") for n in plan.notes), plan.notes
