@@ -533,6 +533,17 @@ def test_13_framing_refused_per_rfc_9112(setup: Setup, request_bytes: bytes, sta
     assert header(answer.partition(b"\r\n\r\n")[0], b"connection") == b"close"
 
 
+def test_13_a_refusal_does_not_quote_a_whole_malformed_line_back(setup: Setup) -> None:
+    secret = b"sk-" + b"s" * 200
+    answer = exchange(
+        setup, b"GET /health HTTP/1.1\r\nHost: a\r\nAuthorization : Bearer " + secret + b"\r\n\r\n"
+    )
+    assert status_of(answer) == 400
+    message = envelope_of(answer)["message"]
+    assert "malformed HTTP request" in message and len(message) < 200
+    assert "sk-" not in message and "Bearer" not in message  # what is wrong, never the line itself
+
+
 def test_13_authorization_in_a_chunked_trailer_is_not_honoured(setup: Setup) -> None:
     data = b'{"model": "mock", "messages": []}'
     request = (

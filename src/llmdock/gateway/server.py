@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import re
 import socket
 import sys
 import time
@@ -53,6 +54,8 @@ from llmdock.gateway.wire import (
 
 log = logging.getLogger("llmdock.gateway")
 SWEEP_S = 0.5
+REASON_CHARS = 120  # of h11's reason for a refusal, quoted back to the client
+QUOTED = re.compile(r"""b(['"]).*""", re.S)
 
 Refused = Callable[[GatewayError], None]
 
@@ -196,6 +199,8 @@ class GuardedProtocol(H11Protocol):
         exc = sys.exc_info()[1]
         hint = getattr(exc, "error_status_hint", 400)
         reason = str(exc) if exc is not None else msg
+        # h11 quotes the offending bytes (b'…'), which may carry a key: say what, not the line
+        reason = QUOTED.sub("", reason).rstrip(": ")[:REASON_CHARS] or "unparsable"
         error: GatewayError
         if hint == 431:
             error = HeadersTooLarge(
