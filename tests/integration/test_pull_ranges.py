@@ -220,3 +220,26 @@ def test_a_bad_connection_setting_is_refused_before_anything_happens(
     with pytest.raises(ConfigError, match="pull_connections '0'"):
         store.pull(REPO)
     assert hub.log == [] and not store.root.exists()
+
+
+def test_at_the_end_an_idle_connection_takes_over_half_of_a_slow_range(
+    store: ModelStore, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two connections, one 64 MiB file in two ranges; the first range's connection drops early and
+    waits a second before it resumes, so the second range finishes while the first still has most of
+    its bytes to go: the free connection asks for the back half of what is left, and the file is
+    still whole and verified."""
+    big = (FILES[SHARD] * 2)[: 64 * MiB]
+    hub.add_repo(REPO, {"big.bin": big, "config.json": b"{}"})
+    hub.faults.rate_per_connection = 16e6
+    hub.faults.drop_after["big.bin"] = MiB  # the first response (the first range) breaks after 1 MiB
+    monkeypatch.setenv("LLMDOCK_PULL_CONNECTIONS", "2")
+    monkeypatch.setattr("llmdock.models.fetch.BACKOFF_S", 1.0)
+    m = store.pull(REPO)
+    assert (m.path / "big.bin").read_bytes() == big
+    asked = [(r.range_start, r.range_end) for r in hub.file_requests("big.bin")]
+    half = 32 * MiB
+    # the two ranges, the first one resumed after its drop, and the back of it taken over
+    assert asked[:3] == [(0, half), (half, 2 * half), (MiB, half)]
+    assert len(asked) == 4 and MiB < (asked[3][0] or 0) < half and asked[3][1] == half
+    assert not list(m.path.rglob("*.part*"))

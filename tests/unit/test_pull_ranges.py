@@ -129,6 +129,10 @@ def test_sidecar_round_trip_and_refusals(tmp_path: Path) -> None:
     rg.sidecar_path(part).write_text('{"version": 1, "size": 30, "sha256": null, "ranges": [[0, 10, 11]]}')
     assert rg.read_sidecar(part, 30, None) is None  # ranges that do not tile the file
     assert rg.read_sidecar(tmp_path / "absent.part", 30, None) is None
+    stale = tmp_path / "model.safetensors.part.ranges.tmp"  # what a write killed half-way leaves
+    stale.write_text("{")
+    rg.remove_sidecar(part)
+    assert not stale.exists() and not rg.sidecar_path(part).exists()
 
 
 @pytest.mark.parametrize(

@@ -123,7 +123,7 @@ def check_hub_path(path: str) -> str:
         or "//" in path
         or pure.is_absolute()
         or any(seg in ("", ".", "..") or not _FILE_SEGMENT.fullmatch(seg) for seg in path.split("/"))
-        or path.endswith((PART_SUFFIX, PART_SUFFIX + ".ranges"))  # our partial files and their sidecars
+        or path.endswith((PART_SUFFIX, PART_SUFFIX + ".ranges", PART_SUFFIX + ".ranges.tmp"))  # our own files
         or path.split("/")[0].startswith(RESERVED_PREFIX)
     )
     if bad:

@@ -19,11 +19,10 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from llmdock.models.manifest import write_atomic
 
 MIN_RANGE = 8 << 20  # a range smaller than this costs more in requests than it gains in parallelism
 SIDECAR_SUFFIX = ".ranges"
@@ -131,10 +130,29 @@ def read_sidecar(part: Path, size: int, sha256: str | None) -> list[Range] | Non
 
 
 def write_sidecar(part: Path, size: int, sha256: str | None, ranges: Sequence[Range]) -> None:
+    """Write the sidecar atomically (a reader sees the old one or the new one), without fsync: the
+    part's own bytes are not synced either, and a sidecar lost to a power cut only costs a re-fetch
+    (the sha256 check sees to that). One writer at a time per part (the model's lock, the job's)."""
     body = {
         "version": SIDECAR_VERSION,
         "size": size,
         "sha256": sha256,
         "ranges": [[r.start, r.end, r.done] for r in ranges],
     }
-    write_atomic(sidecar_path(part), json.dumps(body, separators=(",", ":")))
+    tmp = _tmp(part)
+    tmp.write_text(json.dumps(body, separators=(",", ":")))
+    os.replace(tmp, sidecar_path(part))
+
+
+def _tmp(part: Path) -> Path:
+    return part.with_name(part.name + SIDECAR_SUFFIX + ".tmp")
+
+
+def drop_tmp(part: Path) -> None:
+    """Remove the temporary sidecar a write killed half-way left behind."""
+    _tmp(part).unlink(missing_ok=True)
+
+
+def remove_sidecar(part: Path) -> None:
+    sidecar_path(part).unlink(missing_ok=True)
+    drop_tmp(part)

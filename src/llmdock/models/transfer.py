@@ -42,6 +42,7 @@ from llmdock.models.names import PART_SUFFIX
 if TYPE_CHECKING:
     import requests
 
+STEAL_MIN = 4 << 20  # at the end, an idle connection takes over half of a range when each half has this
 SAVE_EVERY_S = 1.0  # the sidecar is rewritten at most this often per file (and at every range's end)
 CONNECT_TIMEOUT_S = 15.0
 READ_TIMEOUT_S = 60.0
@@ -119,6 +120,7 @@ class _Job:
         self.part.parent.mkdir(parents=True, exist_ok=True)
         size = self.part.stat().st_size if self.part.exists() else 0
         saved = rg.read_sidecar(self.part, r.size, r.sha256) if size else None
+        rg.drop_tmp(self.part)
         if size > r.size:
             self.part.unlink()
             size, saved = 0, None
@@ -128,6 +130,7 @@ class _Job:
         self.queued = False  # the file's other ranges were queued (after a 206 proved Range works)
         self.finishing = False  # one thread, the one that completed the last range, finishes the file
         self.finished = False  # verified and renamed: no sidecar may be written for it any more
+        self.ranged = False  # the server answered a Range with 206: this file's ranges may be split
         self.multi = len(self.ranges) > 1
         if self.multi:  # written before the part first grows: a part never has bytes the sidecar lacks
             self.save(force=True)
@@ -174,7 +177,7 @@ class _Job:
             self.hashers.reset()
             self.hashed = 0
             self.multi = False
-            rg.sidecar_path(self.part).unlink(missing_ok=True)
+            rg.remove_sidecar(self.part)
             os.ftruncate(self.fd, 0)
             return self.ranges[0]
 
@@ -184,7 +187,7 @@ class _Job:
             self.finished = True
             self.close()
             self.part.unlink(missing_ok=True)
-            rg.sidecar_path(self.part).unlink(missing_ok=True)
+            rg.remove_sidecar(self.part)
 
     # -- hashing -----------------------------------------------------------------------------------
     def advance_hash(self, final: bool = False, written: tuple[int, memoryview] | None = None) -> None:
@@ -257,6 +260,7 @@ class Transfer:
         self._stop = threading.Event()
         self._errors: list[BaseException] = []
         self._jobs: list[_Job] = []
+        self._streaming: dict[int, tuple[_Job, rg.Range]] = {}  # ranges being fetched now, by id
 
     # -- the pool ----------------------------------------------------------------------------------
     def _submit(self, task: Callable[[], None], priority: int) -> None:
@@ -269,6 +273,8 @@ class Transfer:
             try:
                 if not self._stop.is_set():
                     task()
+                    if self._tasks.empty():  # the end of the pull: help the ranges still running
+                        self._steal()
             except Cancelled:
                 pass
             except BaseException as e:  # handed to run(), which raises it
@@ -337,6 +343,50 @@ class Transfer:
             self._submit(functools.partial(self._range, job, x, False), priority=0)
 
     def _range(self, job: _Job, r: rg.Range, lead: bool) -> None:
+        key = id(r)
+        with self._cond:
+            self._streaming[key] = (job, r)
+        try:
+            self._fetch_range(job, r, lead)
+        finally:
+            with self._cond:
+                self._streaming.pop(key, None)
+        job.save(force=True)
+        if job.claim_finish():
+            self._finish(job)
+
+    def _steal(self) -> None:
+        """Split the running range with the most left to fetch: it keeps the first half (beyond
+        the block it is reading now), a new task takes the second. Without this the last ranges of a
+        pull run alone, each at one connection's cap, while the other connections idle."""
+        with self._cond:
+            running = list(self._streaming.values())
+        best: tuple[int, _Job, rg.Range] | None = None
+        for job, r in running:
+            with job.lock:
+                left = r.end - r.pos - WRITE_BLOCK
+            if (
+                job.ranged
+                and not job.finishing
+                and left >= 2 * STEAL_MIN
+                and (best is None or left > best[0])
+            ):
+                best = (left, job, r)
+        if best is None:
+            return
+        _, job, r = best
+        with job.lock:
+            left = r.end - r.pos - WRITE_BLOCK
+            if left < 2 * STEAL_MIN or job.finishing:
+                return
+            new = rg.Range(r.end - left // 2, r.end)
+            r.end = new.start
+            job.ranges.insert(job.ranges.index(r) + 1, new)
+            job.multi = True
+        job.save(force=True)  # the new range is recorded before any of its bytes are written
+        self._submit(functools.partial(self._range, job, new, False), priority=0)
+
+    def _fetch_range(self, job: _Job, r: rg.Range, lead: bool) -> None:
         remote = job.remote
         for attempt in range(1, self.attempts + 1):
             if self._stop.is_set():
@@ -358,9 +408,6 @@ class Transfer:
                 continue
             if r.complete:
                 break
-        job.save(force=True)
-        if job.claim_finish():
-            self._finish(job)
 
     def _stream(self, job: _Job, r: rg.Range, lead: bool) -> rg.Range:
         """One request for what is left of ``r``; returns the range written into (the whole file
@@ -369,8 +416,10 @@ class Transfer:
 
         remote, loc = job.remote, job.location
         headers = {**loc.headers, "Accept-Encoding": "identity"}
-        if (r.pos, r.end) != (0, remote.size):
-            headers["Range"] = f"bytes={r.pos}-{r.end - 1}"
+        with job.lock:
+            asked = (r.pos, r.end)  # r.end can shrink while we read (see _steal)
+        if asked != (0, remote.size):
+            headers["Range"] = f"bytes={asked[0]}-{asked[1] - 1}"
         try:
             resp = self.http.get(
                 loc.url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
@@ -390,7 +439,8 @@ class Transfer:
             except requests.HTTPError as e:
                 raise loc.translate(e, remote.path) from e
             if resp.status_code == 206:
-                self._check_content_range(resp.headers.get("Content-Range", ""), r, remote)
+                self._check_content_range(resp.headers.get("Content-Range", ""), asked, remote)
+                job.ranged = True
                 if lead:
                     self._queue_rest(job, r)
             elif "Range" in headers:  # 200: the whole file, whatever we asked
@@ -398,18 +448,19 @@ class Transfer:
                     raise HubError(f"{remote.path}: the hub stopped honouring Range requests")
                 lost = job.done_bytes()
                 r = job.restart_whole()
+                asked = (0, remote.size)
                 self.progress(
                     {"event": "progress", "path": remote.path, "done": 0, "size": remote.size, "delta": -lost}
                 )
             length = resp.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) != r.size - r.done:
+            if length is not None and length.isdigit() and int(length) != asked[1] - asked[0]:
                 raise IntegrityError(
-                    f"{remote.path}: the hub sends {length} bytes where its listing makes {r.size - r.done}",
+                    f"{remote.path}: the hub sends {length} bytes where its listing makes {asked[1] - asked[0]}",
                     "the hub's listing and its file disagree; try again later or another --source",
                     files=[remote.path],
                 )
             self._body(job, r, _reader(resp, remote.path))
-            complete = True
+            complete = r.end == asked[1]  # else part of the body was handed to another connection
         finally:
             if complete:  # every byte read: the connection goes back to the pool for the next range
                 resp.raw.release_conn()
@@ -418,8 +469,8 @@ class Transfer:
         return r
 
     @staticmethod
-    def _check_content_range(got: str, r: rg.Range, remote: RemoteFile) -> None:
-        want = f"bytes {r.pos}-{r.end - 1}/{remote.size}"
+    def _check_content_range(got: str, asked: tuple[int, int], remote: RemoteFile) -> None:
+        want = f"bytes {asked[0]}-{asked[1] - 1}/{remote.size}"
         if got != want:
             raise IntegrityError(
                 f"{remote.path}: the hub answered bytes {got or '(no Content-Range)'} when asked for {want}",
@@ -432,8 +483,11 @@ class Transfer:
         it sits at the hash cursor. Bytes that arrived before a drop or a cancel are kept."""
         remote = job.remote
         buf = memoryview(bytearray(min(WRITE_BLOCK, max(1, r.size - r.done))))
-        while not r.complete:
-            want = min(len(buf), r.size - r.done)
+        while True:
+            with job.lock:
+                want = min(len(buf), r.size - r.done)
+            if want <= 0:
+                break
             got = 0
             try:
                 while got < want:
@@ -489,7 +543,7 @@ class Transfer:
             os.fsync(job.fd)
         with job.save_lock:
             job.finished = True
-            rg.sidecar_path(job.part).unlink(missing_ok=True)  # before the rename: a lone part is a prefix
+            rg.remove_sidecar(job.part)  # before the rename: a lone part is a prefix
         job.close()
         job.part.replace(job.final)
         self.progress({"event": "file_done", "path": remote.path, "size": remote.size, "sha256": digest})
