@@ -177,6 +177,7 @@ def main() -> None:
     ap.add_argument("--only", choices=["loopback", "shaped"], default=None)
     ap.add_argument("--tools", nargs="+", choices=TOOLS, default=TOOLS, help="a subset, for a quick look")
     ap.add_argument("--work", type=Path, default=Path("/tmp/llmdock-pullbench"))
+    ap.add_argument("--out", type=Path, default=HERE, help="where results.json and RESULTS.md go")
     args = ap.parse_args()
     if args.cmd == "serve":
         serve(args)
@@ -308,8 +309,9 @@ def report(out: dict[str, Any], total: int, args: argparse.Namespace) -> None:
         g = goals["loopback_vs_best_peer"]
         lines.append(f"| loopback: >= 1.0x the best peer | {g['ratio']}x | {'yes' if g['met'] else 'no'} |")
     lines += ["", "Reproduce: `benchmarks/pull/run` (root; see bench.py for the options)."]
-    (HERE / "results.json").write_text(json.dumps({"meta": meta, "goals": goals, **out}, indent=2) + "\n")
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "goals": goals, **out}, indent=2) + "\n")
+    (args.out / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
