@@ -119,6 +119,7 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("source", "sig"),
     [("modelscope", signal.SIGKILL), ("huggingface", signal.SIGINT)],
@@ -222,6 +223,7 @@ def test_a_bad_connection_setting_is_refused_before_anything_happens(
     assert hub.log == [] and not store.root.exists()
 
 
+@pytest.mark.slow
 def test_at_the_end_an_idle_connection_takes_over_half_of_a_slow_range(
     store: ModelStore, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
