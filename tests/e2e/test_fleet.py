@@ -174,6 +174,15 @@ def test_up_on_a_remote_host_serves_through_the_gateway(
     assert f"llmdock rm -f {NAME}" in refused.stderr
 
 
+def test_a_host_whose_key_changed_is_refused(hosts: Fleet, fleet_home: Path) -> None:
+    hosts.hosts["a"].new_host_key()
+    done = cli("hosts", "ls")
+    assert done.returncode == 0
+    assert "a: host a (root@10.213.1.2:22) is not reachable: its SSH host key is not the one recorded" in (
+        " ".join(done.stderr.split())
+    ), done.stderr
+
+
 def test_a_host_that_goes_away_is_one_line_and_stalls_nothing(hosts: Fleet, fleet_home: Path) -> None:
     hosts.hosts["a"].stop_sshd()
     t0 = time.monotonic()

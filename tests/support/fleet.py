@@ -243,6 +243,13 @@ class FleetHost:
             s.settimeout(0.5)
             return s.connect_ex((self.address, 22)) == 0
 
+    def new_host_key(self) -> None:
+        """sshd answers with another host key from its next start (a reinstalled or impersonated host)."""
+        self.stop_sshd()
+        for f in self.root.glob("ssh_host_ed25519_key*"):
+            f.unlink()
+        self.start_sshd((self.root / "authorized_keys").read_text())
+
     def stop_sshd(self) -> None:
         """The host "goes away" for llmdock: nothing answers SSH any more (dockerd keeps running)."""
         if self.sshd is not None and self.sshd.poll() is None:

@@ -41,27 +41,50 @@ class RemoteRuntime:
         self._tunnel: Tunnel | None = None
         self._docker: DockerRuntime | None = None
         self._failed: tuple[float, RuntimeUnavailable] | None = None
+        self._retrying = False
         self._lock = threading.Lock()
         atexit.register(self.close)
 
     # ---- connection ----------------------------------------------------------------------------
     def docker(self) -> DockerRuntime:
-        """The host's DockerRuntime, (re)connecting when the tunnel is not up."""
+        """The host's DockerRuntime. The first connection is waited for; once the host has failed
+        (or its tunnel closed), callers get that failure at once while a reconnection is tried in
+        the background every :data:`RETRY_S`, so a long-lived caller (the gateway's listing) is never
+        held up by a host that went away."""
         with self._lock:
             if self._docker is not None and self._tunnel is not None and self._tunnel.alive:
                 return self._docker
-            if self._failed is not None and time.monotonic() - self._failed[0] < RETRY_S:
+            if self._docker is not None:  # the tunnel closed under us: the host went away
+                self._close()
+                self._failed = (
+                    time.monotonic() - RETRY_S,
+                    RuntimeUnavailable(
+                        f"host {self.host.name}: the SSH connection closed", reach_hint(self.host)
+                    ),
+                )
+            if self._failed is not None:
+                if time.monotonic() - self._failed[0] >= RETRY_S and not self._retrying:
+                    self._retrying = True
+                    threading.Thread(target=self._retry, daemon=True, name="llmdock-reconnect").start()
                 raise self._failed[1]
-            self._close()
             try:
-                self._docker = self._connect()
+                self._tunnel, self._docker = self._connect()
             except RuntimeUnavailable as e:
                 self._failed = (time.monotonic(), e)
                 raise
-            self._failed = None
             return self._docker
 
-    def _connect(self) -> DockerRuntime:
+    def _retry(self) -> None:
+        try:
+            tunnel, rt = self._connect()
+        except RuntimeUnavailable as e:
+            with self._lock:
+                self._failed, self._retrying = (time.monotonic(), e), False
+            return
+        with self._lock:
+            self._tunnel, self._docker, self._failed, self._retrying = tunnel, rt, None, False
+
+    def _connect(self) -> tuple[Tunnel, DockerRuntime]:
         import docker
 
         tunnel = Tunnel(self.host, self.known_hosts, first=self.first).open()
@@ -80,8 +103,7 @@ class RemoteRuntime:
                 f"check `docker info` on {self.host.address} and that {self.host.user} may use "
                 f"{self.host.docker_socket}; " + reach_hint(self.host),
             ) from e
-        self._tunnel = tunnel
-        return DockerRuntime(client)
+        return tunnel, DockerRuntime(client)
 
     def _close(self) -> None:
         if self._docker is not None:
