@@ -435,6 +435,10 @@ class Lifecycle:
             strict=strict,
             facts=weights.facts,
         )
+        if host != LOCAL and weights.path is not None and model_dir is None:
+            notes.append(
+                f"`up` copies the weights to {host}'s models dir first, unless they are there already"
+            )
         return replace(plan, notes=plan.notes + tuple(notes), host=host)
 
     # ---- up ----------------------------------------------------------------------------------------

@@ -41,7 +41,12 @@ def registered_members(s: Settings) -> dict[str, Member]:
         return {}
     from llmdock.hosts.remote import remote_members
 
-    return dict(remote_members(registry(s).list(), hosts_dir(s)))
+    reg = registry(s)
+    try:
+        hosts = reg.list()
+    finally:
+        reg.store.close()
+    return dict(remote_members(hosts, hosts_dir(s)))
 
 
 class HostRegistry:
