@@ -66,14 +66,14 @@ def ls(**kw: Any) -> dict[str, dict[str, Any]]:
 def test_add_hosts_and_list_what_they_have(hosts: Fleet, fleet_home: Path, engine_image: str) -> None:
     bad = cli("hosts", "add", "../a", hosts.hosts["a"].url)
     assert bad.returncode == 1 and "host name '../a' is not allowed" in bad.stderr
-    bad = cli("hosts", "add", "a", "http://10.213.1.2")
+    bad = cli("hosts", "add", "a", f"http://{hosts.hosts['a'].address}")
     assert bad.returncode == 1 and "is not an ssh://USER@HOST URL" in bad.stderr
     a = hosts.hosts["a"]
     t0 = time.monotonic()
     down = cli("hosts", "add", "c", f"ssh://root@{a.address}:2222", "--identity", str(hosts.identity))
     assert down.returncode == 1 and time.monotonic() - t0 < 10
     assert (
-        "host c (root@10.213.1.2:2222) is not reachable:" in down.stderr
+        f"host c (root@{a.address}:2222) is not reachable:" in down.stderr
         and "Connection refused" in down.stderr
     )
     assert list(ls()) == ["local"]  # nothing was added
@@ -82,7 +82,7 @@ def test_add_hosts_and_list_what_they_have(hosts: Fleet, fleet_home: Path, engin
     done = cli(*add_args(hosts, "a", hosts.hosts["a"].probe_image))
     assert done.returncode == 0, done.stderr
     version = hosts.hosts["a"].client.version()["Version"]
-    assert f"added a (ssh://root@10.213.1.2): Docker {version}, NVIDIA runtime present" in done.stdout
+    assert f"added a ({a.url}): Docker {version}, NVIDIA runtime present" in done.stdout
     assert "host key SHA256:" in done.stdout
     known = fleet_home / "hosts" / "a" / "known_hosts"  # the key sshd really has, owner-only
     host_key = (hosts.hosts["a"].root / "ssh_host_ed25519_key.pub").read_text().split()[1]
@@ -132,7 +132,8 @@ def test_up_on_a_remote_host_serves_through_the_gateway(
     done = cli(*up, "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["host"] == "b" and result["url"].startswith("http://10.213.2.2:")
+    b = hosts.hosts["b"]
+    assert result["host"] == "b" and result["url"].startswith(f"http://{b.address}:")
     container = hosts.hosts["b"].client.containers.get(NAME)  # on b's own Docker, labelled
     assert container.labels["io.llmdock.name"] == NAME and container.status == "running"
     copied = hosts.hosts["b"].models_dir / tiny_model.name  # the weights, copied to b's models dir
@@ -148,7 +149,7 @@ def test_up_on_a_remote_host_serves_through_the_gateway(
 
     ps = json.loads(cli("ps", "--json").stdout)
     mine = [d for d in ps if d["name"] == NAME]
-    assert [(d["host"], d["address"], d["state"]) for d in mine] == [("b", "10.213.2.2", "running")]
+    assert [(d["host"], d["address"], d["state"]) for d in mine] == [("b", b.address, "running")]
     table = cli("ps").stdout
     assert "HOST" in table and any(line.split()[:2] == [NAME, "b"] for line in table.splitlines())
     assert cli("logs", NAME, "--all").stdout.strip()
@@ -178,7 +179,8 @@ def test_a_host_whose_key_changed_is_refused(hosts: Fleet, fleet_home: Path) -> 
     hosts.hosts["a"].new_host_key()
     done = cli("hosts", "ls")
     assert done.returncode == 0
-    assert "a: host a (root@10.213.1.2:22) is not reachable: its SSH host key is not the one recorded" in (
+    a = hosts.hosts["a"]
+    assert f"a: host a (root@{a.address}:22) is not reachable: its SSH host key is not the one recorded" in (
         " ".join(done.stderr.split())
     ), done.stderr
 

@@ -1,15 +1,17 @@
 """Docker "hosts" on this machine for the fleet tests: each a network namespace with its own dockerd
 and sshd, reached over real SSH with a generated key.
 
-Per host ``NAME`` (index ``i``, from 1):
+A fleet takes a free *slot* ``S`` (1-30, claimed by pid in ``/run/llmdock-fleet/slotS.owner``), so
+that two test runs on one machine never share a namespace, an address or a socket; a slot whose owner
+died is cleaned and taken again. Per host ``NAME`` (index ``i``, 1-4; ``N = 100 + 4 (S - 1) + i``):
 
-- network namespace ``llmdock-fleet-NAME``, joined to this host by a veth pair: ``10.213.i.1/24`` on
-  this side (``lfleet-NAME``), ``10.213.i.2/24`` inside;
+- network namespace ``llmdock-fleet-sS-NAME``, joined to this host by a veth pair: ``10.213.N.1/24``
+  on this side (``lfSNAME``), ``10.213.N.2/24`` inside;
 - ``dockerd`` run with ``nsenter --net=…`` (not ``ip netns exec``, which remounts /sys so dockerd
   finds no devices cgroup) with its own data-root, exec-root and socket
-  (``/run/llmdock-fleet/NAME/docker.sock``), no bridge and no iptables: containers use the namespace's
+  (``/run/llmdock-fleet/sS-NAME/docker.sock``), no bridge and no iptables: containers use the namespace's
   host network, as llmdock runs engines;
-- ``sshd`` (Debian's openssh-server) in the namespace, listening on ``10.213.i.2:22``, root login by
+- ``sshd`` (Debian's openssh-server) in the namespace, listening on ``10.213.N.2:22``, root login by
   the generated key only.
 
 A host built with ``gpus=CSV`` pretends to have NVIDIA GPUs the way a real one does as far as llmdock
@@ -21,9 +23,9 @@ a container on a GPU; the tests only plan there.
 
 Everything is removed on :meth:`Fleet.close`, also after a failed test (containers, sshd, dockerd,
 namespace, keys); leftovers of a run that was killed are removed before a new one starts. Each
-host's image store (``/var/lib/llmdock-fleet/NAME/data``) is kept, as Docker keeps its own images:
+host's image store (``/var/lib/llmdock-fleet/sS-NAME/data``) is kept, as Docker keeps its own images:
 the next run then skips the ``docker load`` (checked by image ID); deleting its ~1.5 GB of small
-files takes longer than loading it. ``remove_leftovers(NAME, purge=True)`` removes it too.
+files takes longer than loading it. ``remove_leftovers(S, NAME, purge=True)`` removes it too.
 """
 
 from __future__ import annotations
@@ -57,18 +59,27 @@ class FleetHost:
     name: str
     index: int
     root: Path  # ssh keys and configs of this host
+    slot: int = 1
     gpus_csv: str = ""
     dockerd: subprocess.Popen[bytes] | None = None
     sshd: subprocess.Popen[bytes] | None = None
     client: Any = None
 
     @property
+    def tag(self) -> str:
+        return f"s{self.slot}-{self.name}"
+
+    @property
     def netns(self) -> str:
-        return f"{PREFIX}-{self.name}"
+        return f"{PREFIX}-{self.tag}"
+
+    @property
+    def subnet(self) -> int:
+        return 100 + 4 * (self.slot - 1) + self.index
 
     @property
     def address(self) -> str:
-        return f"10.213.{self.index}.2"
+        return f"10.213.{self.subnet}.2"
 
     @property
     def url(self) -> str:
@@ -76,7 +87,7 @@ class FleetHost:
 
     @property
     def run_dir(self) -> Path:
-        return RUN / self.name
+        return RUN / self.tag
 
     @property
     def socket(self) -> str:
@@ -96,11 +107,11 @@ class FleetHost:
 
     # ---- network -------------------------------------------------------------------------------
     def make_netns(self) -> None:
-        outside, inside = f"lfleet-{self.name}", f"lfleet-{self.name}-n"
+        outside, inside = f"lf{self.slot}{self.name}", f"lf{self.slot}{self.name}n"
         _run("ip", "netns", "add", self.netns)
         _run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
         _run("ip", "link", "set", inside, "netns", self.netns)
-        _run("ip", "addr", "add", f"10.213.{self.index}.1/24", "dev", outside)
+        _run("ip", "addr", "add", f"10.213.{self.subnet}.1/24", "dev", outside)
         _run("ip", "link", "set", outside, "up")
         _run("ip", "-n", self.netns, "addr", "add", f"{self.address}/24", "dev", inside)
         _run("ip", "-n", self.netns, "link", "set", inside, "up")
@@ -110,7 +121,7 @@ class FleetHost:
     def start_dockerd(self) -> None:
         import docker
 
-        data = STATE / self.name / "data"
+        data = STATE / self.tag / "data"
         for d in (data, self.run_dir / "exec"):
             d.mkdir(parents=True, exist_ok=True)
         argv = self.nsenter(
@@ -251,10 +262,15 @@ class FleetHost:
         self.start_sshd((self.root / "authorized_keys").read_text())
 
     def stop_sshd(self) -> None:
-        """The host "goes away" for llmdock: nothing answers SSH any more (dockerd keeps running)."""
+        """The host "goes away" for llmdock: nothing answers SSH any more, open sessions are cut (its
+        sshd and the per-connection sshd processes it forked; dockerd keeps running)."""
         if self.sshd is not None and self.sshd.poll() is None:
+            sessions = _children(self.sshd.pid)
             self.sshd.terminate()
             self.sshd.wait(timeout=10)
+            for pid in sessions:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
         self.sshd = None
 
     # ---- teardown ------------------------------------------------------------------------------
@@ -274,7 +290,17 @@ class FleetHost:
                 self.dockerd.kill()
                 self.dockerd.wait(timeout=10)
             self.dockerd = None
-        remove_leftovers(self.name)
+        remove_leftovers(self.slot, self.name)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def _stop(pid: int, wait_s: float = 30) -> None:
@@ -287,19 +313,20 @@ def _stop(pid: int, wait_s: float = 30) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def remove_leftovers(name: str, *, purge: bool = False) -> None:
-    """What a host ``name`` of an earlier, killed run left: its dockerd (by its pidfile), namespace
-    and run directory; with ``purge`` its image store too."""
-    pidfile = RUN / name / "docker.pid"
+def remove_leftovers(slot: int, name: str, *, purge: bool = False) -> None:
+    """What host ``name`` of ``slot`` left after an earlier, killed run: its dockerd (by its pidfile),
+    namespace and run directory; with ``purge`` its image store too."""
+    tag = f"s{slot}-{name}"
+    pidfile = RUN / tag / "docker.pid"
     with contextlib.suppress(OSError, ValueError):
         pid = int(pidfile.read_text().strip())
         if b"dockerd" in Path(f"/proc/{pid}/cmdline").read_bytes():
             _stop(pid)
-    netns = f"{PREFIX}-{name}"
+    netns = f"{PREFIX}-{tag}"
     if Path(f"/var/run/netns/{netns}").exists():
         _run("ip", "netns", "del", netns, check=False)
-    _run("ip", "link", "del", f"lfleet-{name}", check=False)
-    for d in (RUN / name, *([STATE / name] if purge else [])):
+    _run("ip", "link", "del", f"lf{slot}{name}", check=False)
+    for d in (RUN / tag, *([STATE / tag] if purge else [])):
         # Mounts dockerd leaves behind (its netns bind mount, a killed one's overlays), deepest first.
         mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
         for m in sorted((m for m in mounts if m.startswith(f"{d}/")), key=len, reverse=True):
@@ -307,10 +334,47 @@ def remove_leftovers(name: str, *, purge: bool = False) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_slot(names: list[str]) -> int:
+    """A slot no live process holds; one whose owner died has its leftovers removed first."""
+    RUN.mkdir(parents=True, exist_ok=True)
+    for slot in range(1, 31):
+        owner = RUN / f"slot{slot}.owner"
+        try:
+            fd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            with contextlib.suppress(OSError, ValueError):
+                if _alive(int(owner.read_text().strip() or "0")):
+                    continue
+            for d in RUN.glob(f"s{slot}-*"):  # the dead owner's hosts
+                remove_leftovers(slot, d.name.split("-", 1)[1])
+            owner.unlink(missing_ok=True)
+            try:
+                fd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue  # another run took it meanwhile
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        for name in names:
+            remove_leftovers(slot, name)
+        return slot
+    raise RuntimeError("every fleet slot (1-30) is held by a live test run")
+
+
 @dataclass
 class Fleet:
     root: Path
     identity: Path
+    slot: int
     hosts: dict[str, FleetHost] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -318,6 +382,7 @@ class Fleet:
             with contextlib.suppress(Exception):
                 host.close()
         shutil.rmtree(self.root, ignore_errors=True)
+        (RUN / f"slot{self.slot}.owner").unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -327,16 +392,15 @@ def fleet(main: Any, specs: dict[str, tuple[str, tuple[str, ...]]]) -> Iterator[
     Example::
 
         with fleet(docker_client, {"a": (H100_CSV, (BASE_TAG,)), "b": ("", (ENGINE_TAG,))}) as f:
-            f.hosts["b"].url  # ssh://root@10.213.2.2
+            f.hosts["b"].url  # ssh://root@10.213.102.2 (in slot 1)
     """
     root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-"))
     identity = root / "id_ed25519"
     _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "llmdock-fleet-test", "-f", str(identity))
-    built = Fleet(root, identity)
+    built = Fleet(root, identity, claim_slot(list(specs)))
     try:
         for i, (name, (gpus, images)) in enumerate(specs.items(), start=1):
-            remove_leftovers(name)
-            host = FleetHost(name, i, root / name, gpus)
+            host = FleetHost(name, i, root / name, gpus_csv=gpus, slot=built.slot)
             host.root.mkdir()
             built.hosts[name] = host
             host.make_netns()
