@@ -74,6 +74,9 @@ class DeploymentEntry(BaseModel):
     extra_args: list[str] = Field(default_factory=list, description="Engine flags after `--`.")
     runtime: Literal["docker", "local"] = "docker"
     engine_env: str | None = None
+    host: str | None = Field(
+        default=None, description="Docker host (`llmdock hosts ls`); default: one with room."
+    )
     on_demand: bool = False
     idle_stop: str | None = Field(default=None, description="Stop after this long without requests: 30m, 2h.")
 
@@ -232,6 +235,7 @@ def to_spec(entry: DeploymentEntry) -> DeploymentSpec:
         extra_args=entry.extra_args,
         runtime=entry.runtime,
         engine_env=entry.engine_env,
+        host=entry.host,
     )
 
 
