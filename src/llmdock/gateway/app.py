@@ -168,11 +168,11 @@ class Gateway:
             sources.append(StaticSource([static_target(m, u) for m, u in opts.routes]))
         controller = None
         if opts.docker:
+            from llmdock.hosts.keys import EngineKeys
             from llmdock.runtimes.multi import Runtimes, default_members
 
-            # Deployments of every runtime: Docker containers and local processes alike.
-            from llmdock.hosts.keys import EngineKeys
-
+            # Deployments of every runtime (Docker containers, local processes, other hosts'
+            # containers); the engines on other hosts are called with their keys.
             keys = EngineKeys(self.settings.home / "engine-keys")
             sources.append(DockerSource(Runtimes(default_members(self.settings)), keys))
             settings = self.settings
