@@ -218,8 +218,15 @@ def rm(
     """Forget a host (its containers are not touched). Refused while llmdock deployments are there."""
     from llmdock.cli.deploy import lifecycle
     from llmdock.errors import Conflict, RuntimeUnavailable
-    from llmdock.hosts import member_key
+    from llmdock.hosts import check_name, member_key
 
+    if name == "local":
+        from llmdock.errors import InvalidSpec
+
+        raise InvalidSpec(
+            "`local` is this host: it is always there", "remove another host (`llmdock hosts ls`)"
+        )
+    check_name(name)
     lc = lifecycle()
     host = lc.hosts.get(name)
     try:
