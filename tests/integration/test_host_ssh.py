@@ -52,8 +52,10 @@ def test_an_unreachable_host_fails_fast_and_never_holds_callers_up(
         rt.close()
 
 
-def test_a_host_without_a_recorded_key_is_refused(tmp_path: Path) -> None:
+def test_a_host_without_a_recorded_key_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where a tunnel's socket folder would go
     rt = RemoteRuntime(Host("nokey", "ssh://ops@127.0.0.1:22"), tmp_path / "missing")
     with pytest.raises(RuntimeUnavailable, match="no recorded host key"):
         rt.deployments()
     rt.close()
+    assert not list(tmp_path.glob("llmdock-ssh-*"))  # nothing started, nothing left

@@ -80,9 +80,13 @@ class Tunnel:
         self.host = host
         self.known_hosts = known_hosts
         self.first = first
-        self.dir = Path(tempfile.mkdtemp(prefix="llmdock-ssh-"))  # 0700
-        self.socket = self.dir / "docker.sock"
+        self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        assert self.dir is not None, "open() first"
+        return self.dir / "docker.sock"
 
     @property
     def url(self) -> str:
@@ -104,6 +108,7 @@ class Tunnel:
                 f"host {self.host.name}: no recorded host key ({self.known_hosts} is missing)",
                 f"add the host again: `llmdock hosts rm {self.host.name}` then `llmdock hosts add`",
             )
+        self.dir = Path(tempfile.mkdtemp(prefix="llmdock-ssh-"))  # 0700: the socket is root on that host
         self.proc = subprocess.Popen(
             ssh_argv(self.host, self.known_hosts, self.socket, first=self.first),
             stdin=subprocess.DEVNULL,
@@ -146,7 +151,8 @@ class Tunnel:
                     self.proc.wait(timeout=5)
             if self.proc.stderr is not None:
                 self.proc.stderr.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Tunnel:
         return self
