@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -62,7 +63,8 @@ class ClusterDeployer:
             if ready is not None:
                 ready(self.runtime_for(cl.head.host), cl.head, max(deadline - time.monotonic(), 1))
         except BaseException:
-            self.remove(started)
+            with contextlib.suppress(LlmdockError):  # the failure that got here is the one to tell
+                self.remove(started)
             raise
 
     def _start(self, node: NodeLaunch, started: list[NodeLaunch]) -> None:

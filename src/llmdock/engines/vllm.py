@@ -99,6 +99,11 @@ class Vllm(Engine):
             "an abbreviated flag after `--` matches several vLLM flags",
             "spell the flag out in full (`vllm serve --help` in the image lists them)",
         ),
+        (
+            r"current platform cpu does not support ray",
+            "vLLM's CPU backend refuses Ray (its CPU platform has no Ray device)",
+            "on CPUs spread it with vLLM's multiprocessing executor (`up --nodes N --executor mp`)",
+        ),
     )
 
     # The newest release's owned flags; argv() checks against the launch's own version.
