@@ -30,6 +30,27 @@ TAIL = 200
 _SEEN = re.compile(r"llmdock: ray cluster (\d+)/(\d+) nodes")
 
 
+def node_address(address: str | None, peer: str) -> str:
+    """The IP the other nodes reach a node at (``VLLM_HOST_IP``, Ray's ``--node-ip-address``): a
+    host's own SSH address resolved, or for this host (``None``) the source address its route to
+    ``peer`` (another node) uses. No packet is sent."""
+    import socket
+
+    from llmdock.errors import InvalidSpec
+
+    try:
+        if address is not None:
+            return str(socket.getaddrinfo(address, None, socket.AF_INET)[0][4][0])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((socket.gethostbyname(peer), 9))
+            return str(s.getsockname()[0])
+    except OSError as e:
+        raise InvalidSpec(
+            f"no IPv4 address for node {address or 'local'} (toward {peer}): {e}",
+            "give each host by an address the others reach (`llmdock hosts add NAME ssh://USER@IP`)",
+        ) from e
+
+
 def nodes_seen(lines: list[str]) -> int:
     """The last node count the Ray head printed (0: none yet)."""
     counts = [int(m.group(1)) for line in lines if (m := _SEEN.search(line))]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from llmdock.cluster import ClusterDeployer, nodes_seen
+from llmdock.cluster import ClusterDeployer, node_address, nodes_seen
 from llmdock.errors import DoesNotFit, EngineFailed, InvalidSpec, LlmdockError
 from llmdock.gpuinfo import parse_assume_gpus
 from llmdock.planning.container import LABEL, ContainerConfig
@@ -40,7 +40,7 @@ def gpu_host(gpus: str = "8x80GiB") -> Inventory:
     return Inventory(gpus=parse_assume_gpus(gpus), gpu_runtime=True)
 
 
-def plan_on(spec: DeploymentSpec, inv: Inventory, f: Any) -> Plan:
+def plan_at(spec: DeploymentSpec, inv: Inventory, f: Any) -> Plan:
     return make_plan(
         spec,
         inv,
@@ -106,7 +106,7 @@ def test_the_leader_holds_one_stage_with_tp_inside_the_node(
 
 
 def test_ray_nodes_head_serves_after_the_cluster_and_workers_join_it() -> None:
-    plan = plan_on(*_leader_on_gpus())
+    plan = plan_at(*_leader_on_gpus())
     nodes = [Node("a", "10.0.0.1", model_dir="/disk/m"), Node("b", "10.0.0.2")]
     cl = launch(plan, nodes, executor="ray", ray_args=("--num-cpus=1",))
     head, worker = cl.nodes
@@ -136,7 +136,7 @@ def test_ray_nodes_head_serves_after_the_cluster_and_workers_join_it() -> None:
 
 
 def test_nodes_are_one_group_and_only_the_head_is_routed() -> None:
-    cl = launch(plan_on(*_leader_on_gpus()), [Node("a", "10.0.0.1"), Node("b", "10.0.0.2")])
+    cl = launch(plan_at(*_leader_on_gpus()), [Node("a", "10.0.0.1"), Node("b", "10.0.0.2")])
     head, worker = (Deployment.from_labels(n.container.labels, state="running") for n in cl.nodes)
     assert (head.name, head.group, worker.name, worker.group) == ("big-node0", "big", "big-node1", "big")
     assert head.port is not None and worker.port is None  # the gateway skips a deployment without port
@@ -182,8 +182,13 @@ def _leader_on_gpus() -> tuple[DeploymentSpec, Inventory, Any]:
     return leader, gpu_host("8x16GiB"), pipeline_stage(facts("Qwen--Qwen2.5-72B-Instruct"), 2)
 
 
+def planner(hosts: list[tuple[str, Inventory]]) -> Callable[[DeploymentSpec, str, Any], Plan]:
+    return lambda spec, host, f: plan_at(spec, dict(hosts)[host], f)
+
+
 def test_propose_takes_one_host_when_it_fits_and_spreads_over_two_when_not() -> None:
     hosts = [("a", gpu_host("8x16GiB")), ("b", gpu_host("8x16GiB")), ("c", gpu_host("8x16GiB"))]
+    plan_on = planner(hosts)
     small = DeploymentSpec.create("Qwen/Qwen2.5-7B-Instruct", name="small")
     plan, chosen = propose(small, hosts, plan_on, facts=facts("Qwen--Qwen2.5-7B-Instruct"))
     assert chosen == ("a",) and "--pipeline-parallel-size" not in plan.argv
@@ -197,6 +202,7 @@ def test_propose_takes_one_host_when_it_fits_and_spreads_over_two_when_not() -> 
 
 def test_propose_says_what_no_number_of_hosts_holds() -> None:
     hosts = [("a", gpu_host("2x16GiB")), ("b", gpu_host("2x16GiB"))]
+    plan_on = planner(hosts)
     big = DeploymentSpec.create("Qwen/Qwen2.5-72B-Instruct", name="big", max_model_len=32768)
     with pytest.raises(DoesNotFit) as e:
         propose(big, hosts, plan_on, facts=facts("Qwen--Qwen2.5-72B-Instruct"))
@@ -266,7 +272,7 @@ class Host(MemoryRuntime):
 
 
 def two_hosts(worker_dies: bool = False) -> tuple[dict[str, Host], ClusterLaunch]:
-    cl = launch(plan_on(*_leader_on_gpus()), [Node("a", "10.0.0.1"), Node("b", "10.0.0.2")])
+    cl = launch(plan_at(*_leader_on_gpus()), [Node("a", "10.0.0.1"), Node("b", "10.0.0.2")])
     hosts: dict[str, Host] = {}
 
     def joined(cfg: ContainerConfig) -> None:
@@ -318,3 +324,21 @@ def test_mp_has_no_ray_step() -> None:
     hosts = {"a": Host(), "b": Host()}
     ClusterDeployer(hosts.__getitem__, poll_s=0.01).up(cl, timeout=1)
     assert [d.name for h in hosts.values() for d in h.deployments()] == ["tiny-node0", "tiny-node1"]
+
+
+@pytest.mark.parametrize(
+    ("address", "peer", "expected"),
+    [
+        ("127.0.0.1", "10.9.9.9", "127.0.0.1"),
+        ("localhost", "10.9.9.9", "127.0.0.1"),
+        (None, "127.0.0.1", "127.0.0.1"),
+    ],
+)
+def test_a_node_is_reached_at_its_own_ip(address: str | None, peer: str, expected: str) -> None:
+    assert node_address(address, peer) == expected
+
+
+def test_a_node_without_an_ipv4_address_is_refused_with_what_to_do() -> None:
+    with pytest.raises(InvalidSpec, match=r"no IPv4 address for node nowhere\.invalid") as e:
+        node_address("nowhere.invalid", "127.0.0.1")
+    assert "hosts add" in e.value.hint

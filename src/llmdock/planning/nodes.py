@@ -198,7 +198,8 @@ def _weights_on(m: Mount, plan: Plan, node: Node) -> Mount:
     return m
 
 
-PlanOn = Callable[["DeploymentSpec", "Inventory", "ModelFacts | None"], "Plan"]
+# (spec, host, facts) -> the plan of spec on that host, with those facts (a stage's, on several nodes)
+PlanOn = Callable[["DeploymentSpec", str, "ModelFacts | None"], "Plan"]
 
 
 def propose(
@@ -210,7 +211,8 @@ def propose(
     nodes: int | None = None,
     executor: str = "ray",
 ) -> tuple[Plan, tuple[str, ...]]:
-    """The leader's plan and the hosts (in the given order) of the fewest nodes that hold ``spec``:
+    """The leader's plan and the hosts (in the given order) of the fewest nodes that hold ``spec``
+    (``hosts``: each host's name and inventory, which bounds the TP by its GPU count):
     one host when it fits there, else TP x PP over 2, 3 … hosts (``nodes`` fixes the count). The
     leader is planned on the first host (its port, its GPUs) with the TP the fewest GPUs of the
     chosen hosts allow; the others are taken to match it. Raises the last DoesNotFit, naming how
@@ -228,14 +230,14 @@ def propose(
         chosen = hosts[:n]
         if n == 1:
             try:
-                return plan_on(spec, chosen[0][1], facts), (chosen[0][0],)
+                return plan_on(spec, chosen[0][0], facts), (chosen[0][0],)
             except DoesNotFit as e:
                 last = e
                 continue
         leader, _ = stage_spec(spec, n, min(len(inv.gpus) for _, inv in chosen), executor=executor)
         stage = pipeline_stage(facts, n) if facts else None
         try:
-            return plan_on(leader, chosen[0][1], stage), tuple(h for h, _ in chosen)
+            return plan_on(leader, chosen[0][0], stage), tuple(h for h, _ in chosen)
         except DoesNotFit as e:
             last = DoesNotFit(f"one of {n} pipeline stages: {e.message}", e.hint, e.alternatives)
     assert last is not None
