@@ -122,10 +122,13 @@ def test_facts_from_the_probe_output() -> None:
     assert back.gpus == (Gpu(0, "u", "H100", 8, 4),)
 
 
-def option(host: str, free: int, kinds: tuple[str, ...] = ()) -> HostOption:
-    class P:  # the two fields placement reads
+def option(host: str, free: int, kinds: tuple[str, ...] = (), gpus: int = 1) -> HostOption:
+    n = gpus
+
+    class P:  # the fields placement reads
         problems = tuple(f"{k} problem" for k in kinds)
         problem_kinds = kinds
+        gpus = tuple(range(n))
 
     return HostOption(host, P(), free)  # type: ignore[arg-type]
 
@@ -138,6 +141,10 @@ def option(host: str, free: int, kinds: tuple[str, ...] = ()) -> HostOption:
         ("binpack", [option("a", 10), option("b", 10)], "a"),  # a tie: the first listed
         ("binpack", [option("a", 5, ("ImageMissing",)), option("b", 9)], "a"),  # the image can be loaded
         ("binpack", [option("a", 5, ("DoesNotFit",)), option("b", 9, ("RuntimeUnavailable",))], None),
+        # fewest GPUs first: 4 × 40 GB left with less free memory than 2 × 80 GB, and still not chosen
+        ("binpack", [option("a100", 20, gpus=4), option("h100", 90, gpus=2)], "h100"),
+        ("spread", [option("a100", 200, gpus=4), option("h100", 90, gpus=2)], "h100"),
+        ("spread", [option("a", 30, gpus=2), option("b", 90, gpus=2)], "b"),
     ],
 )
 def test_choose_host(placement: str, options: list[HostOption], chosen: str | None) -> None:
@@ -256,4 +263,6 @@ def test_a_host_whose_models_disk_cannot_hold_the_weights_is_left_out(tmp_path: 
     lc, _ = fleet_lifecycle(tmp_path / "home", a=small, b=gpu_host(70, 70))
     plan = lc.plan(DeploymentSpec.create(model, name="g", engine="vllm"), strict=False)
     assert plan.host == "b"
-    assert any(n.startswith("host a left out: 0.0 GiB free in its models dir") for n in plan.notes), plan.notes
+    assert any(n.startswith("host a left out: 0.0 GiB free in its models dir") for n in plan.notes), (
+        plan.notes
+    )
