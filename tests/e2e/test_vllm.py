@@ -137,7 +137,10 @@ def test_the_gateway_in_front_counts_vllms_usage_and_reads_its_metrics(
             )
         assert reply.usage.completion_tokens == 5
         assert all(ch.usage is None for ch in streamed)  # usage the gateway asked for is not passed on
-        metrics = httpx.get(gw.url + "/metrics").text
+        deadline = time.monotonic() + 20  # one scrape of a busy engine may run past its timeout
+        while "llmdock_engine_scrape_failed 0" not in (metrics := httpx.get(gw.url + "/metrics").text):
+            assert time.monotonic() < deadline, "vLLM's /metrics never answered the gateway's scrape"
+            time.sleep(1)
     usage = json.loads(cli("usage", "--json").stdout)
     row = next(u for u in usage if u["model"] == deployed.name)
     assert row["requests"] == 2 and row["completion_tokens"] == 5 + 7

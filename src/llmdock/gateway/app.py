@@ -53,7 +53,7 @@ from llmdock.states import Event
 log = logging.getLogger("llmdock.gateway")
 FLUSH_S = 1.0
 KEYS_RELOAD_S = 2.0
-ENGINE_SCRAPE_TIMEOUT_S = 1.0  # a replica slower than this to answer its /metrics is left out of one scrape
+ENGINE_SCRAPE_TIMEOUT_S = 2.0  # a replica slower than this to answer its /metrics is left out of one scrape
 
 
 @dataclass(frozen=True)
