@@ -81,9 +81,23 @@ def cpu_seconds_container(name: str) -> float:
 
 
 def cpu_seconds_pid(pid: int) -> float:
-    """User + system CPU of one process (the gateway is a single process)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of ``pid`` and its live descendants (nginx's worker is its master's child)."""
+    stats: dict[int, list[str]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stats[int(d.name)] = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        fields = stats.get(p)
+        if fields is None:
+            continue
+        total += int(fields[11]) + int(fields[12])
+        todo += [c for c, f in stats.items() if int(f[1]) == p]
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def get_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:

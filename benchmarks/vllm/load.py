@@ -1,13 +1,15 @@
 """The gateway in front of real vLLM, loaded by vLLM's own client, ``vllm bench serve``.
 
-One vLLM deployment (``llmdock up``) serves every round; ``llmdock serve`` runs in front of it. Each
-round runs ``vllm bench serve`` (in a container of the same image, ``--network host``) once direct to
-the engine and once through the gateway, the order flipping every round (D G, G D, D G…), for each
-load profile; every run gets its own random prompts (``--seed``), so the prefix cache favours neither.
+One vLLM deployment (``llmdock up``) serves every round; ``llmdock serve`` runs in front of it, and so
+does nginx (``proxy_buffering off``, one worker), the reference for what any proxy costs on this machine.
+Each round runs ``vllm bench serve`` (in a container of the same image, ``--network host``) once direct
+to the engine, once through nginx and once through the gateway, the order rotating every round (D N G,
+N G D, G D N…), for each load profile; every run gets its own random prompts (``--seed``), so the prefix
+cache favours none.
 
 CPU placement: vLLM's CPU backend binds its OpenMP compute thread to CPU 0 and reserves CPU 1 for its
-API server (``VLLM_CPU_OMP_THREADS_BIND=auto``, read from its log). The gateway (``taskset -c 1``) and
-the load generator (``--cpuset-cpus 1``) go to CPU 1 too, beside the API server, so neither takes the
+API server (``VLLM_CPU_OMP_THREADS_BIND=auto``, read from its log). The gateway and nginx (``taskset -c 1``)
+and the load generator (``--cpuset-cpus 1``) go to CPU 1 too, beside the API server, so neither takes the
 compute core from the engine. CPU seconds of the engine container and of the gateway are read per run.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -56,6 +59,15 @@ class Profile:
 
 
 PROFILES = (Profile("saturating (all at once)", "inf", 400), Profile("fixed rate 20 req/s", "20", 300))
+PROXIES = ("nginx", "gateway")  # each compared with direct
+NGINX_CONF = """worker_processes 1; daemon off; pid {dir}/nginx.pid; error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir};
+  uwsgi_temp_path {dir}; scgi_temp_path {dir};
+  upstream engine {{ server 127.0.0.1:{up}; keepalive 512; }}
+  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://engine; proxy_http_version 1.1;
+    proxy_set_header Connection ""; proxy_buffering off; proxy_request_buffering off; }} }} }}
+"""
 
 
 def bench_argv(
@@ -138,9 +150,9 @@ class Load:
         self.llmdock, self.model, self.owned, self.out, self.cpus = str(llmdock), model, owned, out, cpus
         self.env = {**os.environ, "LLMDOCK_HOME": str(home)}
         self.name = "bench-engine"
-        self.engine_base = ""
-        self.gateway_base = ""
-        self.gateway_pid = 0
+        self.bases: dict[str, str] = {}
+        self.pids: dict[str, int] = {}
+        self.home = home
 
     def start(self, timeout_s: float) -> dict[str, Any]:
         self.owned.add(self.name)
@@ -155,37 +167,41 @@ class Load:
         if done.returncode != 0:
             raise RuntimeError(f"llmdock up {self.name} failed: {done.stderr.strip()[-600:]}")
         up = json.loads(done.stdout)
-        self.engine_base = up["url"].removesuffix("/v1")
-        port = free_port()
-        self.gateway_base = f"http://127.0.0.1:{port}"
-        gateway = subprocess.Popen(
-            ["taskset", "-c", self.cpus, self.llmdock, "serve", "--port", str(port)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.owned.procs.append(gateway)
-        self.gateway_pid = gateway.pid
-        deadline = time.monotonic() + 60
-        while not serves_models(self.gateway_base, self.name):
-            if gateway.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("llmdock serve did not come up (or does not list bench-engine)")
-            time.sleep(0.2)
-        return {
-            "engine": self.engine_base,
-            "gateway": self.gateway_base,
-            "engine_ready_s": up["ready_after_s"],
-        }
+        engine = self.bases["direct"] = up["url"].removesuffix("/v1")
+        argvs = {"gateway": [self.llmdock, "serve", "--port", "{port}"]}
+        if shutil.which("nginx"):
+            conf = self.home / "nginx.conf"
+            argvs["nginx"] = ["nginx", "-e", str(self.home / "nginx.err"), "-c", str(conf)]
+        for path, argv in argvs.items():
+            port = free_port()
+            if path == "nginx":
+                up_port = engine.rsplit(":", 1)[1]
+                conf.write_text(NGINX_CONF.format(dir=self.home, up=up_port, port=port))
+            proc = subprocess.Popen(
+                ["taskset", "-c", self.cpus, *(a.format(port=port) for a in argv)],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self.owned.procs.append(proc)
+            self.pids[path] = proc.pid
+            self.bases[path] = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while not serves_models(self.bases[path], self.name):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{path} did not come up (or does not list {self.name})")
+                time.sleep(0.2)
+        return {**self.bases, "engine_ready_s": up["ready_after_s"]}
+
+    def paths(self) -> tuple[str, ...]:
+        return ("direct", *(p for p in PROXIES if p in self.bases))
 
     def one(self, path: str, p: Profile, seed: int, tag: str) -> dict[str, Any]:
-        base = self.engine_base if path == "direct" else self.gateway_base
+        base = self.bases[path]
         result_file = f"{tag}.json"
         name = self.owned.add(f"bench-load-{tag}")
-        engine0, gw0, t0 = (
-            cpu_seconds_container(self.name),
-            cpu_seconds_pid(self.gateway_pid),
-            time.monotonic(),
-        )
+        engine0, t0 = cpu_seconds_container(self.name), time.monotonic()
+        proxies0 = {p: cpu_seconds_pid(pid) for p, pid in self.pids.items()}
         done = subprocess.run(
             bench_argv(name, base, self.name, self.model, self.out, p, seed, result_file, self.cpus),
             capture_output=True,
@@ -207,19 +223,21 @@ class Load:
             output_tokens=data["total_output_tokens"],
             duration_s=data["duration"],
             engine_cpu_s=cpu_seconds_container(self.name) - engine0,
-            gateway_cpu_s=cpu_seconds_pid(self.gateway_pid) - gw0,
             client_wall_s=wall,
+            **{f"{p}_cpu_s": cpu_seconds_pid(pid) - proxies0[p] for p, pid in self.pids.items()},
         )
         return row
 
     def rounds(self, n: int) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         log("load: warm-up, one short run each way (discarded)")
-        for path in ("direct", "gateway"):
+        paths = self.paths()
+        for path in paths:
             self.one(path, Profile("warm-up", "inf", 64), 7, f"warmup-{path}")
         seed = 100
         for r in range(n):
-            order = ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct")
+            k = r % len(paths)
+            order = paths[k:] + paths[:k]
             for pi, p in enumerate(PROFILES):
                 for path in order:
                     seed += 1
@@ -228,7 +246,7 @@ class Load:
                     log(
                         f"  round {r} {p.name} {path}: {row['request_throughput']:.2f} req/s, "
                         f"TTFT p50 {row['median_ttft_ms']:.1f} ms, ITL p50 {row['median_itl_ms']:.2f} ms, "
-                        f"gateway CPU {row['gateway_cpu_s']:.2f}s"
+                        f"{path} CPU {row.get(f'{path}_cpu_s', 0.0):.2f}s"
                     )
                     rows.append(row)
         return rows
@@ -241,29 +259,30 @@ def serves_models(base: str, model: str) -> bool:
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per profile: medians per path, ratio of medians, median of the paired (same-round) ratios."""
+    """Per profile and metric: the median of each path, and for each proxy vs direct the ratio of
+    medians and the median of the paired (same-round) ratios."""
     out: dict[str, Any] = {}
+    paths = [p for p in ("direct", *PROXIES) if any(r["path"] == p for r in rows)]
     for p in PROFILES:
         mine = [r for r in rows if r["profile"] == p.name]
         by = {
-            path: sorted((r for r in mine if r["path"] == path), key=lambda r: r["round"])
-            for path in ("direct", "gateway")
+            path: sorted((r for r in mine if r["path"] == path), key=lambda r: r["round"]) for path in paths
         }
         entry: dict[str, Any] = {"rate": p.rate, "prompts": p.prompts, "rounds": len(by["direct"])}
-        for m in (*METRICS, "engine_cpu_s", "gateway_cpu_s"):
-            d = median([r[m] for r in by["direct"]])
-            g = median([r[m] for r in by["gateway"]])
-            paired = [gr[m] / dr[m] for dr, gr in zip(by["direct"], by["gateway"], strict=True) if dr[m]]
-            entry[m] = {
-                "direct": d,
-                "gateway": g,
-                "ratio_of_medians": g / d if d else None,
-                "median_paired_ratio": median(paired) if paired else None,
-            }
+        cpu = [f"{x}_cpu_s" for x in paths if x != "direct"]
+        for m in (*METRICS, "engine_cpu_s", *cpu):
+            e: dict[str, Any] = {path: median([r[m] for r in by[path]]) for path in paths}
+            d = e["direct"]
+            for path in paths[1:]:
+                paired = [x[m] / dr[m] for dr, x in zip(by["direct"], by[path], strict=True) if dr[m]]
+                e[f"{path}_ratio_of_medians"] = e[path] / d if d else None
+                e[f"{path}_median_paired_ratio"] = median(paired) if paired else None
+            entry[m] = e
         entry["failed"] = sum(r["failed"] for r in mine)
-        entry["gateway_cpu_ms_per_request"] = 1000 * median(
-            [r["gateway_cpu_s"] / r["completed"] for r in by["gateway"]]
-        )
+        for path in paths[1:]:
+            entry[f"{path}_cpu_ms_per_request"] = 1000 * median(
+                [r[f"{path}_cpu_s"] / r["completed"] for r in by[path]]
+            )
         out[p.name] = entry
     return out
 
