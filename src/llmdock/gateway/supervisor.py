@@ -335,7 +335,9 @@ class Supervisor:
                     b.attempts += 1
                     b.next_at = now + backoff_after(b.attempts)
                     c.record(
-                        name, Event.CRASHED, f"{state} with code {code}; restart {b.attempts} of {MAX_RESTARTS}"
+                        name,
+                        Event.CRASHED,
+                        f"{state} with code {code}; restart {b.attempts} of {MAX_RESTARTS}",
                     )
                     try:
                         c.start(name)
