@@ -1,7 +1,7 @@
 """Start and remove a multi-node deployment (:mod:`llmdock.planning.nodes`) through each host's runtime.
 
 ``up`` starts the head, waits until its Ray is up, starts the workers, waits until the head's
-``ray status`` counts every node (the head prints it: :data:`~llmdock.planning.nodes.READY_LINE`),
+``ray status`` counts every node (the head prints it: :data:`~llmdock.engines.vllm.READY_LINE`),
 then waits for vLLM on the head to answer its health check. Anything failing on the way removes what
 was started, so a half cluster is never left behind; the error says which node and why (its log
 tail). With the ``mp`` executor there is no Ray step: the head and the workers start, then the head
@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from llmdock.engines.vllm import RAY_PORT
 from llmdock.errors import EngineFailed, LlmdockError, ReadinessTimeout
 from llmdock.planning.nodes import ClusterLaunch, NodeLaunch
 from llmdock.runtimes.base import Runtime
@@ -108,13 +109,13 @@ class ClusterDeployer:
                         f"Ray {node.role} {node.name!r} on host {node.host} exited while the cluster formed "
                         f"({nodes_seen(lines)}/{len(cl.nodes)} nodes)",
                         f"read its log (`llmdock logs {node.name}`): every node must reach "
-                        f"{cl.head.address}:6379, and the head's address must be this node's own",
+                        f"{cl.head.address}:{RAY_PORT}, and the head's address must be this node's own",
                         tail,
                     )
             if time.monotonic() >= deadline:
                 raise ReadinessTimeout(
                     f"the Ray cluster of {cl.name!r} has {nodes_seen(lines)} of {want} nodes",
-                    f"each worker must reach the head at {cl.head.address}:6379 (firewalls, --host addresses)",
+                    f"each worker must reach the head at {cl.head.address}:{RAY_PORT} (firewalls, --host addresses)",
                 )
             time.sleep(self.poll_s)
 

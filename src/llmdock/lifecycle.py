@@ -308,6 +308,7 @@ class Lifecycle:
         and none is named, on the one placement picks (:func:`llmdock.planning.hosts.choose_host`).
         Never downloads. Not strict (a dry run): reports problems instead of raising, and creates
         nothing (no engine-version probe either)."""
+        remote = self._known_hosts(spec)
         problems: list[str] = []
         if weights is None:
             try:
@@ -318,9 +319,6 @@ class Lifecycle:
                 problems.append(f"{e.message} ({e.hint})")
                 weights = Weights(None, None)
         kwargs: dict[str, Any] = dict(exclude_port=exclude_port, assume_gpus=assume_gpus, planned=planned)
-        remote = self.remote_hosts()
-        if spec.host is not None and spec.host != LOCAL and spec.host not in remote:
-            self.hosts.get(spec.host)  # NotFound, naming the known hosts
         if spec.host is not None or not remote or spec.runtime != "docker":
             plan = self._plan_on(spec, spec.host or LOCAL, weights, strict=strict, **kwargs)
         else:
@@ -328,6 +326,14 @@ class Lifecycle:
         return replace(
             plan, problems=tuple(problems) + plan.problems, blocking=tuple(problems) + plan.blocking
         )
+
+    def _known_hosts(self, spec: DeploymentSpec) -> list[str]:
+        """The registered hosts; NotFound (naming them) when ``--host`` names none of them. Checked
+        before a hub is asked for the model, so a mistyped host is not hidden by a network error."""
+        remote = self.remote_hosts()
+        if spec.host is not None and spec.host != LOCAL and spec.host not in remote:
+            self.hosts.get(spec.host)
+        return remote
 
     def _place(
         self, spec: DeploymentSpec, hosts: list[str], weights: Weights, *, strict: bool, **kwargs: Any
@@ -479,6 +485,7 @@ class Lifecycle:
             return self._finish(UpResult(plan, action, existing), wait, timeout, on_phase)
         # Every check runs before anything is fetched or created; a hub model is planned from the
         # hub's config.json, pulled, then planned again from the weights on disk.
+        self._known_hosts(spec)
         weights = locate(spec.model, self.settings.models_dir, self.pull)
         plan = self.plan(spec, exclude_port=exclude, weights=weights)
         if weights.path is None:

@@ -18,7 +18,14 @@ from __future__ import annotations
 from enum import Enum
 
 
-class State(str, Enum):
+class _Named(str, Enum):
+    """Its value is what prints, what JSON holds and what the events table stores."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class State(_Named):
     PENDING = "pending"
     PULLING = "pulling"
     STARTING = "starting"
@@ -28,11 +35,8 @@ class State(str, Enum):
     STOPPED = "stopped"
     FAILED = "failed"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Event(str, Enum):
+class Event(_Named):
     """What the events table records (its ``kind`` column holds the value)."""
 
     # lifecycle, by llmdock's commands (and the gateway's admin API)
@@ -55,9 +59,6 @@ class Event(str, Enum):
     GAVE_UP = "gave-up"
     IDLE_STOPPED = "idle-stopped"
     ON_DEMAND = "on-demand"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 # The latest of these says why a deployment is where it is (`ps`: "stopped" vs "exited (1)").

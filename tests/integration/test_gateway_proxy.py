@@ -277,6 +277,9 @@ def test_refuses_public_bind_without_keys(home: Path) -> None:
         (["--route", "mock=http://h:port"], "is not MODEL=URL"),
         (["--health-interval", "0"], "is not a positive number"),
         (["--health-interval", "nan"], "is not a positive number"),
+        (["--replica-concurrency", "0"], "--replica-concurrency 0 is too small"),
+        (["--queue-length", "-1"], "--queue-length -1 is too small"),
+        (["--queue-wait", "nan"], "is not a number of seconds"),
     ],
 )
 def test_bad_serve_flags_are_refused_before_listening(home: Path, args: list[str], says: str) -> None:

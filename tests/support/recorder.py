@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 from dataclasses import dataclass
 
 import h11
+
+from tests.support.upstream import ServerThread
 
 
 @dataclass(frozen=True)
@@ -145,21 +146,8 @@ def json_answer(conn: h11.Connection, payload: bytes) -> bytes:
     )
 
 
-class RecorderThread:
+class RecorderThread(ServerThread[Recorder]):
     """Run a :class:`Recorder` on its own event loop in a daemon thread."""
 
     def __init__(self) -> None:
-        self.rec = Recorder()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> Recorder:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.rec.start(), self.loop).result(10)
-        return self.rec
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.rec.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        super().__init__(Recorder())

@@ -27,7 +27,7 @@ import argparse
 import asyncio
 import json
 import threading
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 CHUNKS = 64
 
@@ -234,18 +234,29 @@ def _completion(model: str, n: int) -> bytes:
     ).encode()
 
 
-class UpstreamThread:
-    """Run an :class:`Upstream` on its own event loop in a daemon thread (for tests)."""
+class Served(Protocol):
+    """A loopback server run by :class:`ServerThread`: started and stopped on its loop."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        self.up = Upstream(**kwargs)
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Served)
+
+
+class ServerThread(Generic[S]):
+    """Run a loopback server on its own event loop in a daemon thread (for tests)."""
+
+    def __init__(self, server: S) -> None:
+        self.server = server
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
-    def __enter__(self) -> Upstream:
+    def __enter__(self) -> S:
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.up.start(), self.loop).result(10)
-        return self.up
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        return self.server
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -257,10 +268,17 @@ class UpstreamThread:
         """
         if self.loop.is_closed():
             return
-        asyncio.run_coroutine_threadsafe(self.up.stop(), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+class UpstreamThread(ServerThread[Upstream]):
+    """Run an :class:`Upstream` on its own event loop in a daemon thread (for tests)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(Upstream(**kwargs))
 
 
 def main() -> None:

@@ -115,6 +115,13 @@ def test_bad_heads_are_refused(change: dict[str, Any], says: str) -> None:
     assert says in e.value.message
 
 
+@pytest.mark.parametrize("text", [b"[]", b"null", b'"llmdock-bundle"', b"7"])
+def test_a_head_that_is_not_a_json_object_is_refused(text: bytes) -> None:
+    with pytest.raises(bm.BundleError) as e:
+        bm.check_head(text)
+    assert "unreadable" in e.value.message and e.value.member == bm.HEAD
+
+
 def test_a_newer_format_names_the_wheel_inside() -> None:
     with pytest.raises(bm.BundleError) as e:
         bm.check_head(raw(head(), version=bm.VERSION + 1))

@@ -244,8 +244,9 @@ def test_keystore_keys_usage_policies(tmp_path: Path) -> None:
 
 def test_parse_duration() -> None:
     assert [parse_duration(t) for t in ("90", "90s", "15m", "2h", "1d")] == [90, 90, 900, 7200, 86400]
-    with pytest.raises(InvalidSpec):
-        parse_duration("soon")
+    for bad in ("soon", "0", "-5m", "nan", "infs"):
+        with pytest.raises(InvalidSpec):
+            parse_duration(bad)
 
 
 def test_exposure_rule() -> None:

@@ -241,6 +241,18 @@ def test_placement_takes_the_host_with_room_and_says_why_not_the_others(tmp_path
         lc.plan(DeploymentSpec.create(model, name="g", host="z"), strict=False)
 
 
+def test_an_unknown_host_is_named_before_any_hub_is_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: asking it fails
+    lc, rts = fleet_lifecycle(tmp_path / "home", a=cpu_host())
+    spec = DeploymentSpec.create("Qwen/Qwen2.5-0.5B-Instruct", name="g", host="z")
+    for run in (lambda: lc.up(spec, wait=False), lambda: lc.plan(spec, strict=False)):
+        with pytest.raises(NotFound, match=r"no host named 'z' \(known: local, a\)"):
+            run()
+    assert not any(rt.configs for rt in rts.values())
+
+
 def test_a_host_that_cannot_be_read_is_left_out_of_placement(tmp_path: Path, model: str) -> None:
     lc, _ = fleet_lifecycle(tmp_path / "home", b=gpu_host(70))
     lc.hosts.store.db.execute("DELETE FROM host_facts")  # stale: must be read, and cannot be here

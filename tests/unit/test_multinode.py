@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 
 from llmdock.cluster import ClusterDeployer, node_address, nodes_seen
+from llmdock.engines.vllm import CPU_REFUSES_RAY, RAY_HEAD
 from llmdock.errors import DoesNotFit, EngineFailed, InvalidSpec, LlmdockError
 from llmdock.gpuinfo import parse_assume_gpus
 from llmdock.planning.container import LABEL, ContainerConfig
 from llmdock.planning.inventory import Inventory
-from llmdock.planning.multinode import CPU_REFUSES_RAY, stage_spec
+from llmdock.planning.multinode import stage_spec
 from llmdock.planning.nodes import (
-    RAY_HEAD,
     ClusterLaunch,
     Node,
     launch,

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from llmdock.engines.base import engine_concurrency
 from llmdock.errors import InvalidSpec, NotFound
-from llmdock.gateway.congestion import Congested, Gate, engine_concurrency
+from llmdock.gateway.congestion import Congested, Gate
 from llmdock.gateway.keystore import KeyStore, Usage
 from llmdock.gateway.quotas import (
     MinuteWindow,

@@ -44,7 +44,6 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
 
 from llmdock.errors import IntegrityError, InvalidSpec
 from llmdock.models.manifest import FileRecord
@@ -207,7 +206,9 @@ def check_member_path(path: str) -> str:
 def check_head(raw: bytes) -> Head:
     """Parse and validate a head; BundleError says what is wrong (format, version, paths, sizes)."""
     try:
-        data: dict[str, Any] = json.loads(raw)
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise TypeError(f"it is a JSON {type(data).__name__}, not an object")
         if data.get("format") != FORMAT:
             raise BundleError(
                 f"this is not an llmdock bundle (its first member says format {data.get('format')!r})",

@@ -11,7 +11,6 @@ Messages go to stderr: with ``-o -`` stdout carries the bundle itself.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from llmdock.cli.models import ModelsDir, _store
+from llmdock.cli.models import ModelsDir, _emit, _store
 from llmdock.errors import ImageMissing, InvalidSpec, LlmdockError
 
 if TYPE_CHECKING:
@@ -138,7 +137,7 @@ def load(
             progress=say,
         )
     if json_out:
-        _json_line(
+        _emit(
             {
                 "event": "result",
                 "model": done.model.key,
@@ -211,7 +210,7 @@ def _shown(json_out: bool = False) -> Iterator[Callable[[dict[str, Any]], None]]
     from llmdock.cli.render import err
 
     if json_out:
-        yield _json_line
+        yield _emit
         return
     if not err.is_terminal:
         yield _say
@@ -244,23 +243,15 @@ def _shown(json_out: bool = False) -> Iterator[Callable[[dict[str, Any]], None]]
 
 def _say(event: dict[str, Any]) -> None:
     from llmdock.cli.render import err
+    from llmdock.models.disk import human
 
     kind = event["event"]
     if kind == "bundle_member":
-        err.print(f"  + {event['path']} ({_size(event['size'])})")
+        err.print(f"  + {event['path']} ({human(event['size'])})")
     elif kind == "load_start":
         kept = f", {event['kept']} verified earlier" if event["kept"] else ""
         err.print(f"loading {event['model']}: {event['members']} members{kept}")
     elif kind == "member":
-        err.print(f"  {event['action']:>8} {event['path']} ({_size(event['size'])})")
+        err.print(f"  {event['action']:>8} {event['path']} ({human(event['size'])})")
     elif kind == "image_load":
         err.print(f"image {event['image']}: {event['action']}")
-
-
-def _json_line(event: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"

@@ -120,8 +120,11 @@ def serve(
             f"--health-interval {health_interval:g} is not a positive number of seconds",
             "write it like --health-interval 1 (or 0.5 for faster failover)",
         )
-    for flag, value in (("--replica-concurrency", replica_concurrency), ("--queue-length", queue_length)):
-        if value < (1 if flag == "--replica-concurrency" else 0):
+    for flag, value, least in (
+        ("--replica-concurrency", replica_concurrency, 1),
+        ("--queue-length", queue_length, 0),
+    ):
+        if value < least:
             raise InvalidSpec(f"{flag} {value} is too small", f"give a whole number such as {flag} 64")
     if not queue_wait >= 0:
         raise InvalidSpec(

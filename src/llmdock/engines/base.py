@@ -7,6 +7,7 @@ An engine module is the only place that knows an engine's flags. The planner han
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -150,6 +151,25 @@ class Engine:
     @staticmethod
     def reject(flag: str, engine: str, fix: str) -> InvalidSpec:
         return InvalidSpec(f"{flag} is not supported by the {engine} engine", fix)
+
+
+# Engine flags that bound how many requests an engine runs at once (vLLM, SGLang); the gateway
+# queues what is beyond that bound in front of the engine (gateway/congestion.py).
+CONCURRENCY_FLAGS = ("--max-num-seqs", "--max-running-requests")
+
+
+def engine_concurrency(extra_args: Sequence[str]) -> int | None:
+    """The bound an engine's own flags set (``--max-num-seqs 64``, ``--max_num_seqs=64``), or None."""
+    args = list(extra_args)
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag.replace("_", "-") not in CONCURRENCY_FLAGS:
+            continue
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
 
 
 def bind_host(spec: DeploymentSpec) -> str:

@@ -13,6 +13,7 @@ parser by ``scripts/check-engine-argv``); this module renders it:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import ClassVar
 
 from llmdock.engines import versions
@@ -154,3 +155,76 @@ def limit_mm_arg(limits: dict[str, int], version: str | None) -> str:
     if parsed is not None and parsed < versions.VLLM_JSON_LIMIT_MM_SINCE:
         return ",".join(f"{k}={v}" for k, v in limits.items())
     return json.dumps(limits, separators=(",", ":"))
+
+
+# Multi-node (``up --nodes N``, :mod:`llmdock.planning.nodes`; ``export k8s --nodes N``): vLLM's own
+# recipes, with Ray (``examples/online_serving/run_cluster.sh``) or its multiprocessing executor.
+
+EXECUTORS = ("ray", "mp")
+# What --nodes sets on vLLM's command line (aliases too): given again after `--` it would fight it.
+MULTI_NODE_FLAGS = (
+    "--pipeline-parallel-size",
+    "-pp",
+    "--distributed-executor-backend",
+    "--nnodes",
+    "-n",
+    "--node-rank",
+    "-r",
+    "--master-addr",
+    "--master-port",
+    "--headless",
+)
+CPU_REFUSES_RAY = "vLLM's CPU backend refuses Ray (`current platform cpu does not support ray`)"
+
+
+def pipeline_flags(nodes: int, executor: str) -> list[str]:
+    """What ``--nodes N`` adds to the leader's ``vllm serve``: pipeline parallel N over ``executor``."""
+    return ["--pipeline-parallel-size", str(nodes), "--distributed-executor-backend", executor]
+
+
+RAY_PORT = 6379  # the recipe's GCS port
+MASTER_PORT = 29501  # vLLM mp: torch.distributed's rendezvous on the head
+READY_LINE = "llmdock: ray cluster {seen}/{want} nodes"  # what RAY_HEAD prints as nodes join
+
+# The head's main process (argv: N PORT IP RAY_ARGS_JSON SERVE_ARGV...): Ray's own CLI, then exec of vLLM.
+RAY_HEAD = """\
+import json, os, re, subprocess, sys, time
+want, port, ip, extra, serve = int(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5:]
+subprocess.run(["ray", "start", "--head", "--port=" + port, "--node-ip-address=" + ip,
+                "--disable-usage-stats", *extra], check=True)
+seen = -1
+while True:
+    status = subprocess.run(["ray", "status"], capture_output=True, text=True).stdout
+    active = status.split("Active:", 1)[-1].split("Pending:", 1)[0]
+    count = sum(int(n) for n in re.findall(r"^\\s*(\\d+) node_", active, re.M))
+    if count != seen:
+        seen = count
+        print(f"llmdock: ray cluster {seen}/{want} nodes", flush=True)
+    if seen >= want:
+        break
+    time.sleep(1)
+print(status, flush=True)
+os.execvp(serve[0], serve)
+"""
+
+
+def ray_head_argv(nodes: int, address: str, serve: Sequence[str], ray_args: Sequence[str] = ()) -> list[str]:
+    return ["python3", "-c", RAY_HEAD, str(nodes), str(RAY_PORT), address, json.dumps(list(ray_args)), *serve]
+
+
+def ray_worker_argv(head: str, address: str, ray_args: Sequence[str] = ()) -> list[str]:
+    return [
+        "ray",
+        "start",
+        "--block",
+        f"--address={head}:{RAY_PORT}",
+        f"--node-ip-address={address}",
+        "--disable-usage-stats",
+        *ray_args,
+    ]
+
+
+def mp_argv(serve: Sequence[str], nodes: int, rank: int, head: str) -> list[str]:
+    argv = [*serve, "--nnodes", str(nodes), "--node-rank", str(rank)]
+    argv += ["--master-addr", head, "--master-port", str(MASTER_PORT)]
+    return argv + (["--headless"] if rank else [])

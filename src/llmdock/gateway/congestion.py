@@ -3,7 +3,8 @@
 A deployment takes ``bound × replicas usable now`` requests at once (at least one replica's worth,
 so requests waiting for an on-demand start count too). The bound per replica is what its engine runs
 at once: ``--max-num-seqs`` (vLLM) or ``--max-running-requests`` (SGLang) when the deployment's engine
-flags set it (``llmdock up MODEL -- --max-num-seqs 64``), else ``serve --replica-concurrency``
+flags set it (``llmdock up MODEL -- --max-num-seqs 64``; read by
+:func:`llmdock.engines.base.engine_concurrency`), else ``serve --replica-concurrency``
 (default 1024, vLLM's largest default ``max_num_seqs``, the one it picks on H100/H200-class GPUs; an
 engine queues what is beyond its batch itself, so the bound only keeps a flood from piling up there).
 
@@ -24,12 +25,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
 
 from llmdock.gateway.wire import RateLimited
-
-# Engine flags that bound how many requests an engine runs at once (vLLM, SGLang).
-CONCURRENCY_FLAGS = ("--max-num-seqs", "--max-running-requests")
 
 
 class Congested(RateLimited):
@@ -38,20 +35,6 @@ class Congested(RateLimited):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-def engine_concurrency(extra_args: Sequence[str]) -> int | None:
-    """The bound an engine's own flags set (``--max-num-seqs 64``, ``--max_num_seqs=64``), or None."""
-    args = list(extra_args)
-    for i, arg in enumerate(args):
-        flag, eq, value = arg.partition("=")
-        if flag.replace("_", "-") not in CONCURRENCY_FLAGS:
-            continue
-        if not eq:
-            value = args[i + 1] if i + 1 < len(args) else ""
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return None
 
 
 class Gate:

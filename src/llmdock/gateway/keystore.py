@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -224,7 +225,7 @@ def parse_duration(text: str) -> float:
         raise InvalidSpec(
             f"duration {text!r} is not understood", "write it like 90s, 15m, 2h or 1d"
         ) from None
-    if value <= 0:
+    if not 0 < value < math.inf:  # also refuses nan and inf
         raise InvalidSpec(f"duration {text!r} must be positive", "write it like 90s, 15m, 2h or 1d")
     return value * (scale or 1)
 

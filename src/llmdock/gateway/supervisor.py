@@ -31,7 +31,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
-from llmdock.gateway.congestion import engine_concurrency
+from llmdock.engines.base import engine_concurrency
 from llmdock.gateway.metrics import Metrics
 from llmdock.gateway.routing import STATIC_KEY, Policy, Replica, Route, RouteTable, Target, pick
 from llmdock.gateway.wire import NoReplica

@@ -25,6 +25,7 @@ import math
 import shlex
 from typing import Any
 
+from llmdock.engines import get_engine
 from llmdock.k8s.plan import ClusterPlan
 from llmdock.spec import SECRET_KEY_RE
 
@@ -40,7 +41,6 @@ STARTUP_S_PER_GIB = 4
 STARTUP_UNKNOWN_S = 1800
 STARTUP_PERIOD_S = 10
 MULTI_NODE_SCRIPT = "/vllm-workspace/examples/online_serving/multi-node-serving.sh"
-API_KEY_ENV = "VLLM_API_KEY"  # vLLM's api_server reads it when --api-key is not given
 MANAGED_BY = {"app.kubernetes.io/managed-by": "llmdock"}
 
 
@@ -179,9 +179,10 @@ def env(kp: ClusterPlan) -> list[dict[str, Any]]:
             out.append({"name": key, "value": value})
     if kp.multi_node:  # Ray and vLLM address each node by the pod's own IP (run_cluster.sh's VLLM_HOST_IP)
         out.append({"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
-    if kp.plan.spec.engine == "vllm" and API_KEY_ENV not in kp.plan.container.env:
+    key_env = get_engine(kp.plan.spec.engine).api_key_env  # vLLM: VLLM_API_KEY, `--api-key`'s default
+    if key_env is not None and key_env not in kp.plan.container.env:
         ref = {"name": f"{kp.name}-api-key", "key": "api-key", "optional": True}
-        out.append({"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": ref}})
+        out.append({"name": key_env, "valueFrom": {"secretKeyRef": ref}})
     return out
 
 

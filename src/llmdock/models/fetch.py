@@ -232,22 +232,34 @@ def _read_into(
 ) -> int:
     """Fill one reused buffer from the socket, then write and hash it: no per-chunk allocations."""
     buf = memoryview(bytearray(WRITE_BLOCK))
+
+    def keep(data: memoryview) -> None:
+        nonlocal done
+        f.write(data)
+        hashers.update(data)
+        done += len(data)
+        event = {"event": "progress", "path": remote.path, "done": done, "size": remote.size}
+        progress({**event, "delta": len(data)})
+
     while done < remote.size:
         want = min(WRITE_BLOCK, remote.size - done)
-        got = 0
-        try:
-            while got < want:
-                n = readinto(buf[got:want])
-                if not n:
-                    break
-                got += n
-        finally:  # bytes that arrived before a drop are good bytes: keep them for the resume
-            if got:
-                f.write(buf[:got])
-                hashers.update(buf[:got])
-                done += got
-                event = {"event": "progress", "path": remote.path, "done": done, "size": remote.size}
-                progress({**event, "delta": got})
-        if got < want:
+        if fill(readinto, buf[:want], keep) < want:
             break
     return done
+
+
+def fill(readinto: Callable[[memoryview], int], buf: memoryview, keep: Callable[[memoryview], None]) -> int:
+    """Read into ``buf`` until it is full or the body ends, then hand what arrived to ``keep`` — also
+    when a read raises: bytes that arrived before a drop are good bytes, kept for the resume. Returns
+    how many arrived."""
+    got = 0
+    try:
+        while got < len(buf):
+            n = readinto(buf[got:])
+            if not n:
+                break
+            got += n
+    finally:
+        if got:
+            keep(buf[:got])
+    return got

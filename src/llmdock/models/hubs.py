@@ -1,7 +1,8 @@
 """The one small Protocol every model hub sits behind, and an in-memory hub for unit tests.
 
 A hub does two things: list a repo's files (with sizes and checksums) at a revision, and say where
-one file's bytes are (a URL and headers, for parallel ranged downloads) or open them from an offset. Everything else (layout, resume, hashing, locking) is the store's. Adapters
+one file's bytes are (a URL and headers, for parallel ranged downloads) or open them from an offset.
+Everything else (layout, resume, hashing, locking) is the store's. Adapters
 translate their SDK's exceptions into :class:`~llmdock.errors.NotFound` (no such repo or revision) and
 :class:`~llmdock.errors.HubError` (everything else), keeping the SDK's message.
 
@@ -65,7 +66,8 @@ def _as_is(e: Exception, what: str) -> Exception:
 class Location:
     """Where a hub serves a file's bytes: a URL (it may redirect) and the headers that authorise it.
 
-    ``translate`` turns an HTTP client error (requests) into the hub's own NotFound/HubError (its wording, its hint).
+    ``translate`` turns an HTTP client error (requests) into the hub's own NotFound/HubError (its
+    wording, its hint).
     """
 
     url: str

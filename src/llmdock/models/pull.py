@@ -3,9 +3,10 @@
 Steps, under the model's lock: list the hub's files (validated names, include/exclude globs) → if a
 complete manifest already covers them, done → move any earlier result back to staging and collect
 what is already fetched → check disk space and the system-disk rule → fetch the rest in parallel
-(biggest first; in byte ranges over ``pull_connections`` HTTP connections where the hub gives URLs, see
-:mod:`llmdock.models.transfer`), recording each finished file in ``.llmdock-progress.json`` → move the staging directory
-into place → write the manifest. Interrupted at any point, the next pull resumes from what is on disk.
+(biggest first; in byte ranges over ``pull_connections`` HTTP connections where the hub gives URLs,
+see :mod:`llmdock.models.transfer`), recording each finished file in ``.llmdock-progress.json`` → move
+the staging directory into place → write the manifest. Interrupted at any point, the next pull resumes
+from what is on disk.
 
 Events besides fetch's (see :mod:`llmdock.models.fetch`)::
 
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from llmdock.errors import HubError, InsufficientSpace, NotFound
 from llmdock.models import disk, manifest, transfer
 from llmdock.models.fetch import Progress, _quiet, fetch_file
-from llmdock.models.hubs import Hub, RemoteFile, first_failure
+from llmdock.models.hubs import Hub, Location, RemoteFile, first_failure
 from llmdock.models.manifest import FileRecord, Manifest
 from llmdock.models.names import Layout, ModelRef, check_hub_path, parse_model_id
 
@@ -191,11 +192,15 @@ def _fetch_all(
             records[done.path] = done
             _write_progress(staging, records)
 
-    locate = getattr(hub, "locate", None)
-    if todo and locate is not None and locate(ref.repo_id, commit, todo[0].path) is not None:
+    def where(f: RemoteFile) -> Location:
+        loc = hub.locate(ref.repo_id, commit, f.path)
+        assert loc is not None  # a hub that gives one file a URL gives every file one
+        return loc
+
+    if todo and hub.locate(ref.repo_id, commit, todo[0].path) is not None:
         try:
             transfer.Transfer(
-                lambda f: locate(ref.repo_id, commit, f.path),
+                where,
                 staging,
                 store.connections,
                 progress,

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmdock.errors import HubError, IntegrityError, LlmdockError
+from llmdock.models import fetch
 from llmdock.models import ranges as rg
 from llmdock.models.fetch import ATTEMPTS, READ_BLOCK, WRITE_BLOCK, Hashers, Progress
 from llmdock.models.hubs import Location, RemoteFile, unreachable
@@ -402,8 +403,6 @@ class Transfer:
                     ) from e
                 self.progress({"event": "retry", "path": remote.path, "offset": r.pos, "error": e.message})
                 job.save(force=True)
-                from llmdock.models import fetch
-
                 self._stop.wait(min(fetch.BACKOFF_S * 2 ** (attempt - 1), 5.0))
                 continue
             if r.complete:
@@ -483,36 +482,30 @@ class Transfer:
         it sits at the hash cursor. Bytes that arrived before a drop or a cancel are kept."""
         remote = job.remote
         buf = memoryview(bytearray(min(WRITE_BLOCK, max(1, r.size - r.done))))
+
+        def keep(data: memoryview) -> None:
+            at = r.pos
+            _pwrite_all(job.fd, data, at)
+            with job.lock:
+                r.done += len(data)
+            job.advance_hash(written=(at, data))
+            done = job.done_bytes()
+            self.progress(
+                {
+                    "event": "progress",
+                    "path": remote.path,
+                    "done": done,
+                    "size": remote.size,
+                    "delta": len(data),
+                }
+            )
+
         while True:
             with job.lock:
                 want = min(len(buf), r.size - r.done)
             if want <= 0:
                 break
-            got = 0
-            try:
-                while got < want:
-                    n = readinto(buf[got:want])
-                    if not n:
-                        break
-                    got += n
-            finally:
-                if got:
-                    at = r.pos
-                    _pwrite_all(job.fd, buf[:got], at)
-                    with job.lock:
-                        r.done += got
-                    job.advance_hash(written=(at, buf[:got]))
-                    done = job.done_bytes()
-                    self.progress(
-                        {
-                            "event": "progress",
-                            "path": remote.path,
-                            "done": done,
-                            "size": remote.size,
-                            "delta": got,
-                        }
-                    )
-            if got < want:
+            if fetch.fill(readinto, buf[:want], keep) < want:
                 raise HubError(
                     f"{remote.path}: the hub sent {r.done} of the {r.size} bytes asked at {r.start}"
                 )

@@ -27,28 +27,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from llmdock.engines.vllm import CPU_REFUSES_RAY, EXECUTORS, MULTI_NODE_FLAGS, pipeline_flags
 from llmdock.errors import InvalidSpec
 
 if TYPE_CHECKING:
     from llmdock.modelfacts import ModelFacts
     from llmdock.spec import DeploymentSpec
 
-EXECUTORS = ("ray", "mp")
 MAX_NODES = 64
-# What --nodes sets on vLLM's command line (aliases too): given again after `--` it would fight it.
-MULTI_NODE_FLAGS = (
-    "--pipeline-parallel-size",
-    "-pp",
-    "--distributed-executor-backend",
-    "--nnodes",
-    "-n",
-    "--node-rank",
-    "-r",
-    "--master-addr",
-    "--master-port",
-    "--headless",
-)
-CPU_REFUSES_RAY = "vLLM's CPU backend refuses Ray (`current platform cpu does not support ray`)"
 
 
 def check_nodes(nodes: int) -> int:
@@ -102,7 +88,7 @@ def stage_spec(
             f"tensor parallel {per_node} needs {per_node} GPUs in one node, and a node has {node_gpus}",
             f"give --tp {node_gpus} or less (tensor parallel inside a node, pipeline parallel across nodes)",
         )
-    flags = ["--pipeline-parallel-size", str(nodes), "--distributed-executor-backend", executor]
+    flags = pipeline_flags(nodes, executor)
     if per_node == 0:
         return replace(spec, extra_args=[*spec.extra_args, *flags]), 0
     leader = replace(

@@ -6,8 +6,10 @@ plans the leader with :mod:`llmdock.planning.multinode`; :func:`launch` turns th
 
 - ``ray`` (``examples/online_serving/run_cluster.sh``): node 0 runs ``ray start --head``, waits until
   ``ray status`` counts every node, then becomes ``vllm serve … --distributed-executor-backend ray``
-  (:data:`RAY_HEAD`, so the engine is the container's main process: its logs are ``docker logs``, its
-  exit is the container's); nodes 1… run ``ray start --block --address HEAD:6379``.
+  (:data:`~llmdock.engines.vllm.RAY_HEAD`, so the engine is the container's main process: its logs
+  are ``docker logs``, its exit is the container's); nodes 1… run ``ray start --block --address
+  HEAD:6379``. The argv of each comes from :mod:`llmdock.engines.vllm`, the only place that knows
+  vLLM's and Ray's flags.
 - ``mp``: every node runs the same ``vllm serve`` with ``--nnodes/--node-rank/--master-addr``, the
   others ``--headless``.
 
@@ -28,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from llmdock.engines.vllm import mp_argv, ray_head_argv, ray_worker_argv
 from llmdock.errors import DoesNotFit, InvalidSpec
 from llmdock.planning.container import LABEL, ContainerConfig, Mount
 from llmdock.planning.multinode import check_nodes, pipeline_stage, stage_spec
@@ -38,34 +41,10 @@ if TYPE_CHECKING:
     from llmdock.planning.plan import Plan
     from llmdock.spec import DeploymentSpec
 
-RAY_PORT = 6379  # the recipe's GCS port
-MASTER_PORT = 29501  # vLLM mp: torch.distributed's rendezvous on the head
 ROLE = f"{LABEL}.role"  # head | worker
 NODE = f"{LABEL}.node"  # 0 … N-1
 NODES = f"{LABEL}.nodes"  # N
 EXECUTOR = f"{LABEL}.executor"  # ray | mp
-READY_LINE = "llmdock: ray cluster {seen}/{want} nodes"  # what RAY_HEAD prints as nodes join
-
-# The head's main process (argv: N PORT IP RAY_ARGS_JSON SERVE_ARGV...): Ray's own CLI, then exec of vLLM.
-RAY_HEAD = """\
-import json, os, re, subprocess, sys, time
-want, port, ip, extra, serve = int(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5:]
-subprocess.run(["ray", "start", "--head", "--port=" + port, "--node-ip-address=" + ip,
-                "--disable-usage-stats", *extra], check=True)
-seen = -1
-while True:
-    status = subprocess.run(["ray", "status"], capture_output=True, text=True).stdout
-    active = status.split("Active:", 1)[-1].split("Pending:", 1)[0]
-    count = sum(int(n) for n in re.findall(r"^\\s*(\\d+) node_", active, re.M))
-    if count != seen:
-        seen = count
-        print(f"llmdock: ray cluster {seen}/{want} nodes", flush=True)
-    if seen >= want:
-        break
-    time.sleep(1)
-print(status, flush=True)
-os.execvp(serve[0], serve)
-"""
 
 
 @dataclass(frozen=True)
@@ -118,30 +97,6 @@ def node_name(name: str, index: int) -> str:
     return f"{name}-node{index}"
 
 
-def ray_head_argv(nodes: int, address: str, serve: Sequence[str], ray_args: Sequence[str] = ()) -> list[str]:
-    import json
-
-    return ["python3", "-c", RAY_HEAD, str(nodes), str(RAY_PORT), address, json.dumps(list(ray_args)), *serve]
-
-
-def ray_worker_argv(head: str, address: str, ray_args: Sequence[str] = ()) -> list[str]:
-    return [
-        "ray",
-        "start",
-        "--block",
-        f"--address={head}:{RAY_PORT}",
-        f"--node-ip-address={address}",
-        "--disable-usage-stats",
-        *ray_args,
-    ]
-
-
-def mp_argv(serve: Sequence[str], nodes: int, rank: int, head: str) -> list[str]:
-    argv = [*serve, "--nnodes", str(nodes), "--node-rank", str(rank)]
-    argv += ["--master-addr", head, "--master-port", str(MASTER_PORT)]
-    return argv + (["--headless"] if rank else [])
-
-
 def launch(
     plan: Plan, nodes: Sequence[Node], *, executor: str = "ray", ray_args: Sequence[str] = ()
 ) -> ClusterLaunch:
@@ -160,11 +115,12 @@ def launch(
     base = plan.container
     out = []
     for i, node in enumerate(nodes):
-        if executor == "ray":
-            argv = ray_head_argv(len(nodes), head, plan.argv, ray_args) if i == 0 else None
-            argv = argv or ray_worker_argv(head, node.address, ray_args)
-        else:
+        if executor != "ray":
             argv = mp_argv(plan.argv, len(nodes), i, head)
+        elif i == 0:
+            argv = ray_head_argv(len(nodes), head, plan.argv, ray_args)
+        else:
+            argv = ray_worker_argv(head, node.address, ray_args)
         labels = base.labels | {
             f"{LABEL}.name": node_name(name, i),
             f"{LABEL}.group": name,
